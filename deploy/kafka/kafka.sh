@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka 4.x broker (KRaft) on 127.0.0.1 for development and tests.
+#
+#   deploy/kafka/kafka.sh fetch                 resolve the broker jars from Maven Central (cached)
+#   deploy/kafka/kafka.sh start [PORT] [DIR]    format storage in DIR, start, wait until it answers
+#   deploy/kafka/kafka.sh stop [DIR]            stop the broker started from DIR (by its pid), wait
+#   deploy/kafka/kafka.sh status [DIR]
+#
+# PORT defaults to $KAFKA_PORT or 9092; DIR to $KAFKA_DIR or .cache/kafka/run-PORT.
+# The controller listens on PORT+1. Only processes this script started are ever stopped.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+CACHE="${KAFKA_CACHE:-$ROOT/.cache/kafka}"
+LIBS="$CACHE/libs"
+
+fetch() {
+  if [ -f "$LIBS/.complete" ] && [ "$LIBS/.complete" -nt "$HERE/pom.xml" ]; then return 0; fi
+  command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch Kafka; install it (apt-get install maven)" >&2; exit 1; }
+  command -v java >/dev/null || { echo "kafka.sh: Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
+  echo "kafka.sh: resolving Kafka jars with Maven into $LIBS" >&2
+  rm -rf "$LIBS"; mkdir -p "$LIBS"
+  mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
+  touch "$LIBS/.complete"
+}
+
+java_run() {
+  java -Xms256m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$HERE/log4j2.properties" -Dkafka.logs.dir="$1" \
+    -cp "$LIBS/*" "${@:2}"
+}
+
+is_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+start() {
+  local port="${1:-${KAFKA_PORT:-9092}}"
+  local dir="${2:-${KAFKA_DIR:-$CACHE/run-$port}}"
+  fetch
+  if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+    echo "kafka.sh: broker already running (pid $(cat "$dir/broker.pid")) on 127.0.0.1:$port" >&2; return 0
+  fi
+  if is_up "$port"; then echo "kafka.sh: port $port is taken by another process; choose another port" >&2; exit 1; fi
+  local cport=$((port + 1))
+  rm -rf "$dir"; mkdir -p "$dir/data" "$dir/logs"
+  cat > "$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$cport
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$dir/data
+num.partitions=${KAFKA_PARTITIONS:-3}
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=24
+log.segment.bytes=67108864
+PROPS
+  java_run "$dir/logs" kafka.tools.StorageTool format -t "$(java_run "$dir/logs" kafka.tools.StorageTool random-uuid | tail -1)" \
+    -c "$dir/server.properties" > "$dir/logs/format.log" 2>&1 \
+    || { cat "$dir/logs/format.log" >&2; exit 1; }
+  nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$HERE/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
+    -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" > "$dir/logs/stdout.log" 2>&1 &
+  echo $! > "$dir/broker.pid"
+  for _ in $(seq 1 120); do
+    if ! kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+      echo "kafka.sh: broker exited during start-up; last lines of $dir/logs/stdout.log:" >&2
+      tail -20 "$dir/logs/stdout.log" >&2; exit 1
+    fi
+    if is_up "$port" && grep -q "Kafka Server started" "$dir/logs/stdout.log" 2>/dev/null; then
+      echo "kafka.sh: broker up on 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), dir $dir)" >&2; return 0
+    fi
+    sleep 0.5
+  done
+  echo "kafka.sh: broker did not answer on 127.0.0.1:$port within 60 s; see $dir/logs/stdout.log" >&2
+  exit 1
+}
+
+stop() {
+  local dir="${1:-${KAFKA_DIR:-$CACHE/run-${KAFKA_PORT:-9092}}}"
+  [ -f "$dir/broker.pid" ] || { echo "kafka.sh: no broker pid file in $dir" >&2; return 0; }
+  local pid; pid="$(cat "$dir/broker.pid")"
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    echo "kafka.sh: broker (pid $pid) stopped" >&2
+  fi
+  rm -f "$dir/broker.pid"
+}
+
+status() {
+  local dir="${1:-${KAFKA_DIR:-$CACHE/run-${KAFKA_PORT:-9092}}}"
+  if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+    echo "running (pid $(cat "$dir/broker.pid"))"
+  else
+    echo "stopped"; return 1
+  fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  fetch) fetch ;;
+  start) start "$@" ;;
+  stop) stop "$@" ;;
+  status) status "$@" ;;
+  *) echo "usage: $0 fetch|start [PORT] [DIR]|stop [DIR]|status [DIR]" >&2; exit 2 ;;
+esac
