@@ -1,0 +1,95 @@
+"""`gateway` command line: serve, drift, models build-demo."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import orjson
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"ts": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "msg": record.getMessage()}
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _run(coro) -> None:
+    import uvloop
+
+    uvloop.run(coro)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.server import serve
+
+    _run(serve(load_config(args.config)))
+    return 0
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from gateway.drift.consumer import run_drift, settings_from_config
+
+    _run(run_drift(settings_from_config(load_config(args.config))))
+    return 0
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> int:
+    from gateway.models import demo
+
+    return demo.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--config", required=True, help="YAML config file, e.g. config/demo.yaml")
+    serve.set_defaults(func=_cmd_serve)
+
+    drift = sub.add_parser("drift", help="run the streaming drift consumer")
+    drift.add_argument("--config", required=True)
+    drift.set_defaults(func=_cmd_drift)
+
+    models = sub.add_parser("models", help="model repository tools").add_subparsers(dest="models_command", required=True)
+    from gateway.models import demo
+
+    build = models.add_parser("build-demo", help="train the demo wine models and write them as ONNX")
+    demo.add_arguments(build)
+    build.set_defaults(func=_cmd_build_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level, args.log_format)
+    from gateway.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"gateway: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Carries out one scoring request: route -> score -> respond, then log and shadow-score.
+
+The served answer depends only on the served version's pool. Shadow calls start after the
+answer is ready, run as detached tasks with their own timeout and in-flight cap, and can only
+ever produce an event and a metric, never an error for the caller.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import metrics
+from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
+from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable
+from gateway.events.logger import EventLogger
+from gateway.events.records import scoring_event
+from gateway.models.repository import ModelVersion
+from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
+from gateway.routing.shadow import Plan, ShadowCall, ShadowPolicy
+
+log = logging.getLogger("gateway.service")
+
+
+@dataclass
+class DeployedModel:
+    name: str
+    versions: dict[str, ModelVersion]
+    pools: dict[str, WorkerPool]
+    policy: ShadowPolicy
+    timeout: float  # seconds, for the served answer
+    shadow_in_flight: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    status: str  # ok | error | timeout | unavailable
+    prediction: Prediction | None
+    latency_ms: float
+    error: str | None = None
+
+
+class ScoringService:
+    def __init__(self, models: dict[str, DeployedModel], events: EventLogger | None, instance: str, max_rows: int):
+        self.models = models
+        self.events = events
+        self.instance = instance
+        self.max_rows = max_rows
+        self._background: set[asyncio.Task] = set()
+
+    def model(self, name: str) -> DeployedModel:
+        deployed = self.models.get(name)
+        if deployed is None:
+            raise NotFound("unknown_model", f"no model named '{name}'", available=sorted(self.models))
+        return deployed
+
+    def version(self, name: str, version: str) -> ModelVersion:
+        deployed = self.model(name)
+        found = deployed.versions.get(version)
+        if found is None:
+            raise NotFound("unknown_version", f"model '{name}' has no version '{version}'",
+                           available=sorted(deployed.versions))
+        return found
+
+    async def _score(self, deployed: DeployedModel, version: str, role: str, request: InferRequest,
+                     timeout: float) -> Outcome:
+        started = time.perf_counter()
+        try:
+            prediction = await deployed.pools[version].predict(request.inputs, timeout)
+            outcome = Outcome("ok", prediction, (time.perf_counter() - started) * 1e3)
+        except asyncio.TimeoutError:
+            outcome = Outcome("timeout", None, (time.perf_counter() - started) * 1e3, f"no answer within {timeout:.3f} s")
+        except ScoringError as exc:
+            outcome = Outcome("error", None, (time.perf_counter() - started) * 1e3, str(exc))
+        except WorkerUnavailable as exc:
+            outcome = Outcome("unavailable", None, (time.perf_counter() - started) * 1e3, str(exc))
+        metrics.REQUESTS.labels(deployed.name, version, role, outcome.status).inc()
+        metrics.SCORING_LATENCY.labels(deployed.name, version, role).observe(outcome.latency_ms / 1e3)
+        return outcome
+
+    def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, request_id: str,
+             request: InferRequest, outcome: Outcome, action: dict[str, Any] | None) -> None:
+        if self.events is None:
+            return
+        self.events.log(scoring_event(
+            request_id=request_id, model_name=deployed.name, model_version=version, role=role,
+            route=plan.policy, served=version == plan.serve and role != "challenger", status=outcome.status,
+            inputs=request.inputs, outputs=outcome.prediction.outputs if outcome.prediction else None,
+            action=action, latency_ms=outcome.latency_ms, instance=self.instance, error=outcome.error,
+        ))
+
+    async def infer(self, name: str, version: str | None, body: bytes) -> bytes:
+        deployed = self.model(name)
+        if version is None:
+            plan, role = deployed.policy.plan(), "champion"
+        else:
+            self.version(name, version)
+            plan, role = Plan("direct", version), "direct"
+        served = deployed.versions[plan.serve]
+        request = decode_infer_request(body, served.inputs, served.outputs, self.max_rows)
+        request_id = request.id or uuid.uuid4().hex
+        outcome = await self._score(deployed, plan.serve, role, request, deployed.timeout)
+        if outcome.prediction is None:
+            self._log(deployed, plan.serve, role, plan, request_id, request, outcome, None)
+            raise {"timeout": TimedOut, "error": ModelFailed, "unavailable": Unavailable}[outcome.status](
+                f"model_{outcome.status}", f"model '{name}' version '{plan.serve}': {outcome.error}",
+                request_id=request_id)
+        outputs = outcome.prediction.outputs
+        first = served.outputs[0].name if served.outputs else next(iter(outputs))
+        action = {"model_version": plan.serve, "outputs": {first: outputs.get(first)}}
+        self._log(deployed, plan.serve, role, plan, request_id, request, outcome, action)
+        for call in plan.shadows:
+            self._start_shadow(deployed, call, plan, request_id, request, action)
+        return encode_infer_response(name, plan.serve, request_id, outputs, request.requested_outputs)
+
+    def _start_shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
+                      request: InferRequest, action: dict[str, Any]) -> None:
+        in_flight = deployed.shadow_in_flight.get(call.version, 0)
+        if in_flight >= call.max_in_flight:
+            metrics.SHADOW_SKIPPED.labels(deployed.name, call.version, "max_in_flight").inc()
+            return
+        deployed.shadow_in_flight[call.version] = in_flight + 1
+        task = asyncio.create_task(self._shadow(deployed, call, plan, request_id, request, action))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
+                      request: InferRequest, action: dict[str, Any]) -> None:
+        try:
+            outcome = await self._score(deployed, call.version, "challenger", request, call.timeout)
+            self._log(deployed, call.version, "challenger", plan, request_id, request, outcome, action)
+        except Exception:  # a shadow must never take anything else down with it
+            log.exception("shadow call to %s/%s failed unexpectedly", deployed.name, call.version)
+        finally:
+            deployed.shadow_in_flight[call.version] -= 1
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Let shadow calls already started finish, so their events are not lost at shutdown."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=timeout)
+

@@ -1,0 +1,61 @@
+"""Frames between the gateway and a worker process over a Unix socket pair.
+
+A frame is `<meta_len:u32><body_len:u32><meta JSON><body>`: a small orjson header naming each
+array (name, dtype, shape) and the raw array bytes back to back, so arrays cross the process
+boundary without a text round trip. Responses come back in request order, tagged by `seq`.
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+HEADER = struct.Struct("<II")
+MAX_FRAME = 1 << 30
+
+
+def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
+    parts: list[bytes] = []
+    if arrays:
+        specs = []
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            specs.append((name, arr.dtype.str, arr.shape))
+            parts.append(arr.tobytes())
+        meta = {**meta, "arrays": specs}
+    head = orjson.dumps(meta)
+    body = b"".join(parts)
+    return HEADER.pack(len(head), len(body)) + head + body
+
+
+def decode_arrays(meta: dict[str, Any], body: memoryview | bytes) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, dtype_str, shape in meta.get("arrays", ()):
+        dtype = np.dtype(dtype_str)
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        nbytes = count * dtype.itemsize
+        arrays[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
+        offset += nbytes
+    return arrays
+
+
+def split_frames(buf: bytearray) -> tuple[list[tuple[dict[str, Any], bytes]], int]:
+    """All complete frames at the front of `buf`, and how many bytes they used."""
+    frames: list[tuple[dict[str, Any], bytes]] = []
+    pos = 0
+    size = len(buf)
+    while size - pos >= HEADER.size:
+        meta_len, body_len = HEADER.unpack_from(buf, pos)
+        if meta_len + body_len > MAX_FRAME:
+            raise ValueError(f"frame of {meta_len + body_len} bytes exceeds the {MAX_FRAME} limit")
+        end = pos + HEADER.size + meta_len + body_len
+        if end > size:
+            break
+        start = pos + HEADER.size
+        meta = orjson.loads(bytes(buf[start : start + meta_len]))
+        frames.append((meta, bytes(buf[start + meta_len : end])))
+        pos = end
+    return frames, pos
