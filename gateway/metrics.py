@@ -40,3 +40,6 @@ EVENTS = Counter(
     ["topic", "outcome"],
 )
 EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Events waiting to be handed to the Kafka producer.")
+SHADOW_IN_FLIGHT = Gauge(
+    "gateway_shadow_in_flight", "Challenger calls started and not yet finished.", ["model", "version"]
+)

@@ -123,6 +123,7 @@ class ScoringService:
             metrics.SHADOW_SKIPPED.labels(deployed.name, call.version, "max_in_flight").inc()
             return
         deployed.shadow_in_flight[call.version] = in_flight + 1
+        metrics.SHADOW_IN_FLIGHT.labels(deployed.name, call.version).inc()
         task = asyncio.create_task(self._shadow(deployed, call, plan, request_id, request, action))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -136,6 +137,7 @@ class ScoringService:
             log.exception("shadow call to %s/%s failed unexpectedly", deployed.name, call.version)
         finally:
             deployed.shadow_in_flight[call.version] -= 1
+            metrics.SHADOW_IN_FLIGHT.labels(deployed.name, call.version).dec()
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let shadow calls already started finish, so their events are not lost at shutdown."""

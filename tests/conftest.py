@@ -63,3 +63,109 @@ def demo_repository(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("models")
     build_demo_repository(root)
     return root
+
+
+class RunningGateway:
+    """A `gateway serve` subprocess on a free port, stopped with SIGTERM like an operator would."""
+
+    def __init__(self, config: dict, workdir: Path):
+        import yaml
+
+        self.port = free_port()
+        config = {**config, "server": {**config.get("server", {}), "port": self.port}}
+        self.config_path = workdir / f"gateway-{self.port}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> "RunningGateway":
+        import time
+        import urllib.request
+
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [os.sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
+            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/v2/health/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"gateway not ready within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        import signal
+
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+        finally:
+            self._log.close()
+
+
+def gateway_config(repository: Path, bootstrap: str, events_topic: str, **models) -> dict:
+    """A config for tests: the demo champion/challenger unless `models` says otherwise."""
+    return {
+        "model_repository": str(repository),
+        "models": models or {"wine": {
+            "versions": {"1": {"workers": 1}, "2": {"workers": 1}},
+            "route": {"policy": "shadow", "champion": "1", "challengers": [{"version": "2"}]},
+        }},
+        "kafka": {"enabled": True, "bootstrap_servers": bootstrap, "events_topic": events_topic},
+    }
+
+
+@pytest.fixture
+def start_gateway(tmp_path):
+    started: list[RunningGateway] = []
+
+    def start(config: dict) -> RunningGateway:
+        gateway = RunningGateway(config, tmp_path).start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
+    """Every record of `topic` from the start, once `expected` have arrived (or the time is up)."""
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(records) < expected and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                records.extend(messages)
+        # Anything beyond `expected` (duplicates) must show up too: drain briefly.
+        extra = await consumer.getmany(timeout_ms=1000)
+        for messages in extra.values():
+            records.extend(messages)
+    finally:
+        await consumer.stop()
+    return [(m.key, orjson.loads(m.value), m) for m in records]

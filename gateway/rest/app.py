@@ -20,6 +20,7 @@ from gateway.service import ScoringService
 
 log = logging.getLogger("gateway.rest")
 SERVICE = web.AppKey("service", ScoringService)
+MAX_BODY = web.AppKey("max_body_bytes", int)
 JSON = "application/json"
 
 
@@ -39,8 +40,9 @@ async def errors_as_json(request: web.Request, handler: Callable[[web.Request], 
         response = await handler(request)
     except ApiError as exc:
         response = _json(exc.body(), exc.status)
-    except web.HTTPRequestEntityTooLarge as exc:
-        response = _error(413, "body_too_large", f"request body exceeds the {exc.max_size} byte limit")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[MAX_BODY]
+        response = _error(413, "body_too_large", f"request body exceeds the {limit} byte limit", limit=limit)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -119,6 +121,7 @@ async def prometheus(request: web.Request) -> web.Response:
 def create_app(service: ScoringService, max_body_bytes: int) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes, middlewares=[errors_as_json])
     app[SERVICE] = service
+    app[MAX_BODY] = max_body_bytes
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(prefix + "/ready", model_ready)

@@ -1,0 +1,48 @@
+# The whole set-up: `make run` (gateway + broker + drift consumer on the demo models)
+# and `make test`. Everything they need is installed on first use.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS := models/wine/1/model.json
+KAFKA := deploy/kafka/kafka.sh
+PYTEST_ARGS ?=
+
+.PHONY: install tools kafka models run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[train,bench,analysis,test]"
+	touch $@
+
+install: $(STAMP)
+
+# Debian tools the tests and benchmarks drive: kcat (read Kafka from the shell), wrk (HTTP load).
+tools:
+	@missing=""; for t in kcat wrk; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+kafka:
+	$(KAFKA) fetch
+
+$(MODELS): $(STAMP) gateway/models/demo.py
+	$(BIN)/gateway models build-demo --repository models
+
+models: $(MODELS)
+
+run: install models kafka
+	deploy/run-demo.sh
+
+test: install kafka tools
+	deploy/with-kafka.sh $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install models kafka tools
+	deploy/with-kafka.sh $(BIN)/python -m loadtests.bench
+
+clean:
+	rm -rf $(VENV) .cache models
