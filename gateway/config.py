@@ -56,6 +56,7 @@ class ModelConfig(_Strict):
     versions: dict[str, VersionConfig]
     route: ShadowRoute
     timeout_ms: int = Field(2000, ge=1, description="the served answer's deadline; later answers get 504")
+    log_sample_rate: float = Field(1.0, ge=0.0, le=1.0, description="share of requests whose events are logged")
 
     @field_validator("versions", mode="before")
     @classmethod
@@ -77,14 +78,46 @@ class ModelConfig(_Strict):
         return self
 
 
+class TopicsConfig(_Strict):
+    events: str = "scoring.events"
+    feedback: str = "scoring.feedback"
+    drift: str = "scoring.drift"
+    audit: str = "scoring.audit"
+
+
+class SpoolConfig(_Strict):
+    directory: Path = Path("spool")
+    max_bytes: int = Field(1 << 30, ge=1 << 16, description="beyond this, new events are dropped and counted")
+    segment_bytes: int = Field(64 << 20, ge=1 << 12)
+    fsync: bool = Field(False, description="fsync every append: survives a machine crash, costs throughput")
+
+
 class KafkaConfig(_Strict):
     enabled: bool = True
     bootstrap_servers: str = "127.0.0.1:9092"
-    events_topic: str = "scoring.events"
-    drift_topic: str = "scoring.drift"
-    queue_size: int = Field(100_000, ge=1, description="events held in memory before new ones are dropped")
+    topics: TopicsConfig = TopicsConfig()
+    partitions: int = Field(6, ge=1, description="for topics the gateway creates")
+    replication_factor: int = Field(1, ge=1)
+    queue_size: int = Field(100_000, ge=1, description="events held in memory before the spool takes them")
     linger_ms: int = Field(5, ge=0)
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
+    stall_timeout_ms: int = Field(2000, ge=100, description="an unconfirmed event older than this goes to the spool")
+    spool: SpoolConfig = SpoolConfig()
+
+
+Correction = Literal["bonferroni", "bh", "none"]
+
+
+class DriftConfig(_Strict):
+    """How the drift consumer windows and tests events (see docs/drift.md)."""
+    group_id: str = "drift-monitor"
+    window_rows: int = Field(200, gt=0, description="a window closes after this many rows ...")
+    window_seconds: float = Field(60.0, gt=0, description="... or this long after its first event (event time)")
+    alpha: float = Field(0.01, gt=0, lt=1, description="significance level after the correction")
+    correction: Correction = "bonferroni"
+    min_effect: float = Field(0.1, ge=0, le=1, description="a significant feature drifts only past this effect size")
+    poll_timeout_ms: int = Field(500, gt=0)
+    max_batch: int = Field(1000, gt=0, description="records per Kafka fetch")
 
 
 class GatewayConfig(_Strict):
@@ -92,7 +125,7 @@ class GatewayConfig(_Strict):
     model_repository: Path = Path("models")
     models: dict[str, ModelConfig]
     kafka: KafkaConfig = KafkaConfig()
-    drift: dict[str, Any] = {}
+    drift: DriftConfig = DriftConfig()
 
     @field_validator("models")
     @classmethod
@@ -145,7 +178,11 @@ def load_config(path: str | Path) -> GatewayConfig:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError("\n".join(_describe(path, e) for e in exc.errors())) from None
-    repo = config.model_repository
-    if not repo.is_absolute():
-        repo = (path.parent / repo).resolve()
-    return config.model_copy(update={"model_repository": repo})
+    def beside_config(p: Path) -> Path:
+        return p if p.is_absolute() else (path.parent / p).resolve()
+
+    spool = config.kafka.spool.model_copy(update={"directory": beside_config(config.kafka.spool.directory)})
+    return config.model_copy(update={
+        "model_repository": beside_config(config.model_repository),
+        "kafka": config.kafka.model_copy(update={"spool": spool}),
+    })

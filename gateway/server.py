@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.config import ConfigError, GatewayConfig
 from gateway.events.logger import EventLogger
+from gateway.events.spool import DiskSpool
 from gateway.models.repository import ModelRepository, ModelRepositoryError
 from gateway.parallel.pool import WorkerPool
 from gateway.rest.app import create_app
@@ -27,6 +28,11 @@ log = logging.getLogger("gateway")
 def _threads_per_worker(config: GatewayConfig) -> int:
     workers = sum(v.workers for m in config.models.values() for v in m.versions.values())
     return max(1, (os.cpu_count() or 1) // workers)
+
+
+def instance_dir(config: GatewayConfig) -> str:
+    """The spool belongs to a configured instance id, so a restart finds what it left behind."""
+    return config.server.instance_id or "default"
 
 
 def _deploy(config: GatewayConfig) -> dict[str, DeployedModel]:
@@ -51,7 +57,7 @@ def _deploy(config: GatewayConfig) -> dict[str, DeployedModel]:
                     f"{[t.name for t in other.inputs]} but the champion takes {[t.name for t in champion.inputs]}; "
                     "a challenger must accept the champion's requests")
         deployed[name] = DeployedModel(name, versions, pools, ShadowPolicy(model_config.route),
-                                       model_config.timeout_ms / 1000)
+                                       model_config.timeout_ms / 1000, model_config.log_sample_rate)
     return deployed
 
 
@@ -61,10 +67,15 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
     instance = config.server.instance()
     async with AsyncExitStack() as stack:
         events = None
-        if config.kafka.enabled:
-            events = EventLogger(config.kafka.bootstrap_servers, config.kafka.events_topic,
-                                 config.kafka.queue_size, config.kafka.linger_ms,
-                                 None if config.kafka.compression == "none" else config.kafka.compression)
+        kafka = config.kafka
+        if kafka.enabled:
+            spool = DiskSpool(kafka.spool.directory / instance_dir(config), kafka.spool.max_bytes,
+                              kafka.spool.segment_bytes, kafka.spool.fsync)
+            events = EventLogger(
+                kafka.bootstrap_servers, kafka.topics.events, spool, kafka.queue_size, kafka.linger_ms,
+                None if kafka.compression == "none" else kafka.compression, kafka.stall_timeout_ms / 1000,
+                create_topics=(list(kafka.topics.model_dump().values()), kafka.partitions, kafka.replication_factor),
+            )
             await events.start()
             stack.push_async_callback(events.stop)
         for model in models.values():

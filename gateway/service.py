@@ -17,7 +17,7 @@ from gateway import metrics
 from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
 from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable
 from gateway.events.logger import EventLogger
-from gateway.events.records import scoring_event
+from gateway.events.records import sampled, scoring_event
 from gateway.models.repository import ModelVersion
 from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
 from gateway.routing.shadow import Plan, ShadowCall, ShadowPolicy
@@ -32,6 +32,7 @@ class DeployedModel:
     pools: dict[str, WorkerPool]
     policy: ShadowPolicy
     timeout: float  # seconds, for the served answer
+    log_sample_rate: float = 1.0
     shadow_in_flight: dict[str, int] = field(default_factory=dict)
 
 
@@ -83,13 +84,14 @@ class ScoringService:
 
     def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, request_id: str,
              request: InferRequest, outcome: Outcome, action: dict[str, Any] | None) -> None:
-        if self.events is None:
+        if self.events is None or not sampled(request_id, deployed.log_sample_rate):
             return
         self.events.log(scoring_event(
             request_id=request_id, model_name=deployed.name, model_version=version, role=role,
             route=plan.policy, served=version == plan.serve and role != "challenger", status=outcome.status,
             inputs=request.inputs, outputs=outcome.prediction.outputs if outcome.prediction else None,
             action=action, latency_ms=outcome.latency_ms, instance=self.instance, error=outcome.error,
+            sample_rate=deployed.log_sample_rate,
         ))
 
     async def infer(self, name: str, version: str | None, body: bytes) -> bytes:

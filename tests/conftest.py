@@ -73,6 +73,9 @@ class RunningGateway:
 
         self.port = free_port()
         config = {**config, "server": {**config.get("server", {}), "port": self.port}}
+        if "kafka" in config:  # each test gateway spools into its own folder unless told otherwise
+            kafka = config["kafka"]
+            config["kafka"] = {**kafka, "spool": {"directory": str(workdir / "spool"), **kafka.get("spool", {})}}
         self.config_path = workdir / f"gateway-{self.port}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
@@ -126,7 +129,7 @@ def gateway_config(repository: Path, bootstrap: str, events_topic: str, **models
             "versions": {"1": {"workers": 1}, "2": {"workers": 1}},
             "route": {"policy": "shadow", "champion": "1", "challengers": [{"version": "2"}]},
         }},
-        "kafka": {"enabled": True, "bootstrap_servers": bootstrap, "events_topic": events_topic},
+        "kafka": {"enabled": True, "bootstrap_servers": bootstrap, "topics": {"events": events_topic}},
     }
 
 
@@ -169,3 +172,40 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
     finally:
         await consumer.stop()
     return [(m.key, orjson.loads(m.value), m) for m in records]
+
+
+class PrivateBroker:
+    """A broker of one test's own, to stop and start again without disturbing other tests."""
+
+    def __init__(self, run_dir: Path):
+        self.port = free_port(pairs=2)
+        self.dir = run_dir
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        subprocess.run([str(KAFKA_SH), "start", str(self.port), str(self.dir)], check=True)
+
+    def stop(self) -> None:
+        subprocess.run([str(KAFKA_SH), "stop", str(self.dir)], check=True)
+
+
+@pytest.fixture
+def private_broker(tmp_path):
+    broker = PrivateBroker(tmp_path / "kafka")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+async def metric(url: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus metric's samples on the gateway that match the labels."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(url + "/metrics")).text()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -7,6 +7,8 @@
 #   deploy/kafka/kafka.sh status [DIR]
 #
 # PORT defaults to $KAFKA_PORT or 9092; DIR to $KAFKA_DIR or .cache/kafka/run-PORT.
+# A DIR that already holds a broker for PORT is resumed with its data (stop, then start again
+# is a broker restart); any other DIR is wiped and formatted afresh.
 # The controller listens on PORT+1. Only processes this script started are ever stopped.
 set -euo pipefail
 
@@ -42,6 +44,10 @@ start() {
   fi
   if is_up "$port"; then echo "kafka.sh: port $port is taken by another process; choose another port" >&2; exit 1; fi
   local cport=$((port + 1))
+  if [ -f "$dir/data/meta.properties" ] && grep -q "^listeners=PLAINTEXT://127.0.0.1:$port," "$dir/server.properties" 2>/dev/null; then
+    echo "kafka.sh: resuming the broker in $dir with its data" >&2
+    launch "$port" "$dir"; return
+  fi
   rm -rf "$dir"; mkdir -p "$dir/data" "$dir/logs"
   cat > "$dir/server.properties" <<PROPS
 process.roles=broker,controller
@@ -68,6 +74,11 @@ PROPS
   java_run "$dir/logs" kafka.tools.StorageTool format -t "$(java_run "$dir/logs" kafka.tools.StorageTool random-uuid | tail -1)" \
     -c "$dir/server.properties" > "$dir/logs/format.log" 2>&1 \
     || { cat "$dir/logs/format.log" >&2; exit 1; }
+  launch "$port" "$dir"
+}
+
+launch() {
+  local port="$1" dir="$2"
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$HERE/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
     -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" > "$dir/logs/stdout.log" 2>&1 &

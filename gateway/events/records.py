@@ -5,6 +5,7 @@ path, by the event logger.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from datetime import datetime, timezone
@@ -14,8 +15,18 @@ import numpy as np
 import orjson
 
 from gateway.codecs.v2 import tensor
+from gateway.events.spool import WireRecord
 
 SCHEMA_VERSION = 1
+CE_TYPE = "dev.scoring-gateway.scoring.v1"
+
+
+def sampled(request_id: str, rate: float) -> bool:
+    """Whether a request is logged: a hash of its id, so champion and shadows agree, everywhere."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.blake2b(request_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2**64
 
 
 def _tensors(arrays: dict[str, np.ndarray] | None) -> list[dict[str, Any]]:
@@ -62,5 +73,18 @@ def scoring_event(
     }
 
 
-def serialize(record: dict[str, Any]) -> bytes:
-    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+def to_wire(record: dict[str, Any], topic: str) -> WireRecord:
+    """The Kafka record: JSON value, request-id key, CloudEvents binary-mode headers."""
+    headers = (
+        ("ce_specversion", b"1.0"),
+        ("ce_id", record["event_id"].encode()),
+        ("ce_type", CE_TYPE.encode()),
+        ("ce_source", f"/gateway/{record['gateway_instance']}".encode()),
+        ("ce_time", record["timestamp"].encode()),
+        ("content-type", b"application/json"),
+        ("model", record["model_name"].encode()),
+        ("model_version", record["model_version"].encode()),
+        ("schema_version", str(record["schema_version"]).encode()),
+    )
+    value = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+    return WireRecord(topic, record["request_id"].encode(), value, headers)

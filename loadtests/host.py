@@ -1,0 +1,177 @@
+"""The machine under test: its description, and who used its CPU during a run (from /proc).
+
+On a small machine the generator, the server and anything else (a Kafka broker, other jobs)
+share the cores, so a report must say which side ran out: these samples give, per watched
+process tree, the cores it used over the measurement window, and how busy the machine was.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields:
+                tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and all its descendants (a gateway's model workers are its children)."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    fields = _stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies over all cores since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    machine: tuple[int, int]
+    trees: dict[str, dict[int, float]]  # name -> {pid: cpu seconds so far}
+
+
+def sample_cpu(watch: dict[str, int]) -> CpuSample:
+    """Takes a sample of the machine and of each watched process tree (name -> root pid)."""
+    trees = {}
+    for name, pid in watch.items():
+        trees[name] = {p: s for p in process_tree(pid) if (s := _cpu_seconds(p)) is not None}
+    return CpuSample(_machine_jiffies(), trees)
+
+
+def cpu_between(a: CpuSample, b: CpuSample, wall_s: float) -> dict[str, float]:
+    """Cores used between two samples: `machine_busy`, and per watched tree `name` (the whole
+    tree) and `name.main` (its root process alone: a single event loop saturates at 1.0).
+
+    Processes born in between count from zero; ones that died in between are lost (rare in a run).
+    """
+    busy = b.machine[0] - a.machine[0]
+    total = max(1, b.machine[1] - a.machine[1])
+    out = {"machine_busy": round(busy / total * (os.cpu_count() or 1), 3)}
+    wall_s = max(wall_s, 1e-9)
+    for name, after in b.trees.items():
+        before = a.trees.get(name, {})
+        out[name] = round(sum(s - before.get(p, 0.0) for p, s in after.items()) / wall_s, 3)
+        root = next(iter(after), None)  # process_tree() lists the root first
+        if root is not None:
+            out[f"{name}.main"] = round((after[root] - before.get(root, 0.0)) / wall_s, 3)
+    return out
+
+
+def busy_cores(interval: float = 1.0) -> float:
+    """How many cores the machine kept busy over the next `interval` seconds."""
+    a = _machine_jiffies()
+    time.sleep(interval)
+    b = _machine_jiffies()
+    return round((b[0] - a[0]) / max(1, b[1] - a[1]) * (os.cpu_count() or 1), 3)
+
+
+def wait_for_quiet(max_busy: float = 0.3, max_wait_s: float = 60.0) -> dict[str, float]:
+    """Waits (bounded) until the machine is nearly idle, so other jobs do not skew the next run.
+
+    Returns the busy cores last seen and the seconds waited; the caller records both.
+    """
+    started = time.monotonic()
+    busy = busy_cores()
+    while busy > max_busy and time.monotonic() - started < max_wait_s:
+        busy = busy_cores()
+    return {"busy_cores": busy, "waited_s": round(time.monotonic() - started, 1)}
+
+
+def pid_listening_on(port: int) -> int | None:
+    """The pid of the process with a listening TCP socket on `port` (e.g. the Kafka broker)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                inodes.add(cols[9])
+    if not inodes:
+        return None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                link = os.readlink(f"/proc/{entry}/fd/{fd}")
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return int(entry)
+        except OSError:
+            continue
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(module)
+    except Exception:
+        return None
+
+
+def describe_machine() -> dict[str, object]:
+    """What a reader needs to judge the numbers: CPU, cores, memory, OS and library versions."""
+    memory_kb = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory_kb = int(line.split()[1])
+    except OSError:
+        pass
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "versions": {m: _version(m) for m in ("onnxruntime", "numpy", "aiohttp", "uvloop", "orjson", "hdrhistogram")},
+    }

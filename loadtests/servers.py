@@ -1,0 +1,161 @@
+"""Servers under test, started as child processes on free loopback ports and stopped by pid.
+
+The gateway gets a temporary copy of config/demo.yaml with its own port, the absolute model
+repository, Kafka on or off, and the shadow challengers kept or removed, so a benchmark never
+depends on (or disturbs) a gateway someone else is running.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "config" / "demo.yaml"
+MODELS = ROOT / "models"
+KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A child process serving HTTP on 127.0.0.1:`port`; a context manager that always stops it."""
+
+    def __init__(self, name: str, argv: list[str], port: int, ready_path: str, description: dict[str, Any]):
+        self.name, self.argv, self.port, self.ready_path = name, argv, port, ready_path
+        self.description = description
+        self.process: subprocess.Popen | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _ready(self) -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", self.ready_path)
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    def start(self, timeout: float = 120.0) -> "Server":
+        self.process = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode} during start-up:\n{self.tail()}")
+            if self._ready():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready within {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGCONT (in case an experiment left it paused), SIGTERM, and SIGKILL if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGCONT)
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def __enter__(self) -> "Server":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
+
+
+def ceiling() -> Server:
+    port = free_port()
+    return Server("ceiling", [sys.executable, "-m", "loadtests.ceiling", "--port", str(port)], port, "/",
+                  {"server": "ceiling", "what": "bare aiohttp endpoint on uvloop returning a constant body"})
+
+
+def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool) -> dict[str, Any]:
+    """config/demo.yaml adapted for a benchmark run (see the module docstring)."""
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    config.setdefault("server", {})["port"] = port
+    config["server"]["host"] = "127.0.0.1"
+    config["model_repository"] = str(MODELS)
+    kafka = config.setdefault("kafka", {})
+    kafka["enabled"] = kafka_bootstrap is not None
+    if kafka_bootstrap:
+        kafka["bootstrap_servers"] = kafka_bootstrap
+    if not shadow:
+        for model in config.get("models", {}).values():
+            if isinstance(model.get("route"), dict) and "challengers" in model["route"]:
+                model["route"]["challengers"] = []
+    return config
+
+
+def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False) -> Server:
+    port = free_port()
+    config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow)
+    handle = tempfile.NamedTemporaryFile("w", prefix="gateway-bench-", suffix=".yaml", delete=False)
+    with handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+    argv = [str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve", "--config", handle.name]
+    what = ("gateway, Kafka event logging" if kafka_bootstrap else "gateway, no event logging") + \
+        (", shadow challenger(s) as in config/demo.yaml" if shadow else ", champion only (challengers removed)")
+    return Server("gateway", argv, port, "/v2/health/ready", {"server": "gateway", "what": what, "config": config})
+
+
+@contextmanager
+def kafka_broker() -> Iterator[tuple[str, int | None]]:
+    """(bootstrap, broker pid): the broker in $KAFKA_BOOTSTRAP (`make bench` starts one), or a
+    fresh one started here with deploy/kafka/kafka.sh on a free port and stopped afterwards."""
+    from loadtests.host import pid_listening_on
+
+    existing = os.environ.get("KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing, pid_listening_on(int(existing.rsplit(":", 1)[1]))
+        return
+    port = free_port()
+    while True:  # the controller takes port + 1
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            port = free_port()
+    directory = tempfile.mkdtemp(prefix="bench-kafka-")
+    subprocess.run([str(KAFKA_SH), "start", str(port), directory], check=True, timeout=180)
+    try:
+        yield f"127.0.0.1:{port}", int(Path(directory, "broker.pid").read_text())
+    finally:
+        subprocess.run([str(KAFKA_SH), "stop", directory], check=False, timeout=120)
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,171 @@
+"""The event log loses nothing: broker outages and a killed gateway, on a real broker."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import shutil
+import subprocess
+
+import aiohttp
+import jsonschema
+import numpy as np
+import pytest
+
+from gateway.events.records import sampled
+from gateway.models.demo import sample_wines
+from tests.conftest import ROOT, gateway_config, metric, read_topic
+from tests.test_gateway_e2e import infer_body, post_all
+
+pytestmark = pytest.mark.integration
+SCHEMA = json.loads((ROOT / "gateway/events/schemas/scoring-event.v1.json").read_text())
+
+
+async def traffic(url: str, stop: asyncio.Event, answered: list[str], failed: list, prefix: str,
+                  clients: int = 4, pause: float = 0.01, max_requests: int = 20_000) -> None:
+    """Bounded continuous load: `clients` loops, each sending a request, then pausing briefly."""
+    counter = iter(range(max_requests))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for i in counter:
+            if stop.is_set():
+                return
+            rid = f"{prefix}-{i}"
+            try:
+                async with session.post(url, data=infer_body(sample_wines("train", 1, seed=i), rid)) as resp:
+                    (answered.append(rid) if resp.status == 200 else failed.append((rid, resp.status)))
+            except aiohttp.ClientError as exc:
+                failed.append((rid, repr(exc)))
+            await asyncio.sleep(pause)
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(client(session) for _ in range(clients)))
+
+
+async def wait_for_metric(url: str, name: str, predicate, timeout: float = 120.0, **labels) -> float:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await metric(url, name, **labels)
+        if predicate(value) or loop.time() > deadline:
+            return value
+        await asyncio.sleep(0.5)
+
+
+def delivery_config(repository, bootstrap, topic, spool_dir, instance="gw-test") -> dict:
+    config = gateway_config(repository, bootstrap, topic)
+    config["server"] = {"instance_id": instance}
+    config["kafka"].update(stall_timeout_ms=1000, spool={"directory": str(spool_dir)})
+    return config
+
+
+async def test_a_30_second_broker_outage_loses_no_event_and_fails_no_request(
+        demo_repository, private_broker, unique_topic, start_gateway, tmp_path):
+    gateway = start_gateway(delivery_config(demo_repository, private_broker.bootstrap, unique_topic, tmp_path / "spool"))
+    url = f"{gateway.url}/v2/models/wine/infer"
+    answered: list[str] = []
+    failed: list = []
+    stop = asyncio.Event()
+    load = asyncio.create_task(traffic(url, stop, answered, failed, "outage"))
+    await asyncio.sleep(5)
+    before_outage = len(answered)
+    await asyncio.to_thread(private_broker.stop)
+    await asyncio.sleep(30)
+    during_outage = len(answered) - before_outage
+    await asyncio.to_thread(private_broker.start)
+    await asyncio.sleep(10)
+    stop.set()
+    await load
+
+    assert failed == [], f"requests failed during the outage: {failed[:5]}"
+    assert during_outage > 100, "traffic kept flowing while the broker was down"
+    spooled = await metric(gateway.url, "gateway_events_total", outcome="spooled")
+    assert spooled > 0, "the outage sent events to the spool"
+    await wait_for_metric(gateway.url, "gateway_event_spool_bytes", lambda v: v == 0)
+    assert await metric(gateway.url, "gateway_events_total", outcome="dropped") == 0
+
+    records = await read_topic(private_broker.bootstrap, unique_topic, expected=2 * len(answered), timeout=120)
+    seen = collections.Counter((e["request_id"], e["role"]) for _, e, _ in records)
+    missing = [rid for rid in answered if seen[(rid, "champion")] == 0 or seen[(rid, "challenger")] == 0]
+    duplicates = sum(n - 1 for n in seen.values() if n > 1)
+    print(f"\nanswered={len(answered)} during_outage={during_outage} records={len(records)} "
+          f"spooled={spooled:.0f} duplicates={duplicates} missing={len(missing)}")
+    assert missing == []
+
+
+async def test_events_spooled_before_a_sigkill_are_delivered_after_the_restart(
+        demo_repository, private_broker, unique_topic, start_gateway, tmp_path):
+    config = delivery_config(demo_repository, private_broker.bootstrap, unique_topic, tmp_path / "spool", "gw-kill")
+    gateway = start_gateway(config)
+    url = f"{gateway.url}/v2/models/wine/infer"
+    await asyncio.to_thread(private_broker.stop)
+    rows = [sample_wines("train", 1, seed=i) for i in range(200)]
+    answers = await post_all(url, [infer_body(r, f"kill-{i}") for i, r in enumerate(rows)])
+    assert [s for s, _ in answers] == [200] * 200
+    # Everything has left memory for the spool (queue empty, nothing awaiting Kafka) ...
+    await wait_for_metric(gateway.url, "gateway_events_total", lambda v: v >= 400, outcome="spooled")
+    assert await metric(gateway.url, "gateway_events_in_flight") == 0
+    assert await metric(gateway.url, "gateway_event_queue_depth") == 0
+    assert await metric(gateway.url, "gateway_event_spool_bytes") > 0
+    gateway.process.kill()  # ... and then the gateway dies without any chance to flush
+    gateway.process.wait()
+
+    await asyncio.to_thread(private_broker.start)
+    restarted = start_gateway(config)
+    await wait_for_metric(restarted.url, "gateway_event_spool_bytes", lambda v: v == 0)
+    assert await metric(restarted.url, "gateway_events_total", outcome="replayed") >= 400
+    records = await read_topic(private_broker.bootstrap, unique_topic, expected=400)
+    seen = collections.Counter((e["request_id"], e["role"]) for _, e, _ in records)
+    assert all(seen[(f"kill-{i}", role)] >= 1 for i in range(200) for role in ("champion", "challenger"))
+
+
+async def test_records_validate_against_the_schema_carry_cloudevents_headers_and_kcat_reads_them(
+        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
+    gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
+    answers = await post_all(f"{gateway.url}/v2/models/wine/infer",
+                             [infer_body(sample_wines("drift", 2, seed=i), f"schema-{i}") for i in range(20)])
+    async with aiohttp.ClientSession() as session:  # a direct call and a failing request too
+        await session.post(f"{gateway.url}/v2/models/wine/versions/2/infer", data=infer_body(sample_wines("train", 1), "direct-1"))
+    assert all(s == 200 for s, _ in answers)
+    records = await read_topic(kafka_bootstrap, unique_topic, expected=41)
+    assert len(records) == 41
+    validator = jsonschema.Draft202012Validator(SCHEMA, format_checker=jsonschema.FormatChecker())
+    for key, event, message in records:
+        validator.validate(event)
+        headers = {k: v.decode() for k, v in message.headers}
+        assert headers["ce_specversion"] == "1.0" and headers["ce_id"] == event["event_id"]
+        assert headers["ce_type"] == "dev.scoring-gateway.scoring.v1" and headers["ce_time"] == event["timestamp"]
+        assert headers["ce_source"] == f"/gateway/{event['gateway_instance']}"
+        assert headers["content-type"] == "application/json"
+        assert (headers["model"], headers["model_version"], headers["schema_version"]) == (
+            event["model_name"], event["model_version"], "1")
+
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is missing: `make tools` installs it"
+    out = subprocess.run([kcat, "-b", kafka_bootstrap, "-t", unique_topic, "-C", "-e", "-q", "-f", "%k\t%s\n"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    lines = [line.split("\t", 1) for line in out.splitlines() if line]
+    assert len(lines) == 41
+    assert {k for k, _ in lines} == {f"schema-{i}" for i in range(20)} | {"direct-1"}
+    for key, value in lines:
+        validator.validate(json.loads(value))
+
+
+async def test_sampling_logs_champion_and_challenger_of_the_same_requests(
+        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
+    config = gateway_config(demo_repository, kafka_bootstrap, unique_topic)
+    config["models"]["wine"]["log_sample_rate"] = 0.25
+    gateway = start_gateway(config)
+    ids = [f"sample-{i}" for i in range(400)]
+    answers = await post_all(f"{gateway.url}/v2/models/wine/infer",
+                             [infer_body(sample_wines("train", 1, seed=i), rid) for i, rid in enumerate(ids)])
+    assert all(s == 200 for s, _ in answers)
+    expected = [rid for rid in ids if sampled(rid, 0.25)]
+    records = await read_topic(kafka_bootstrap, unique_topic, expected=2 * len(expected), timeout=30)
+    by_request = collections.defaultdict(set)
+    for _, event, _ in records:
+        assert event["sample_rate"] == 0.25
+        by_request[event["request_id"]].add(event["role"])
+    assert sorted(by_request) == sorted(expected)
+    assert all(roles == {"champion", "challenger"} for roles in by_request.values())
+    assert 0.18 < len(expected) / len(ids) < 0.32
