@@ -159,7 +159,9 @@ def _describe(path: Path, error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{path}: {key}: required key is missing; add it"
     msg = error["msg"].removeprefix("Value error, ")
-    return f"{path}: {key}: {msg} (got {error.get('input')!r})"
+    value = error.get("input")
+    got = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{path}: {key}: {msg}{got}"
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -28,6 +28,16 @@ class ReferenceUnavailable(Exception):
         self.reason = reason
 
 
+PREDICTION_DECIMALS = 5
+
+
+def quantize_prediction(values: np.ndarray) -> np.ndarray:
+    """Numeric predictions compared at 1e-5: a tree ensemble's float32 sums differ by a few ulps
+    with the batch size the worker happened to use (1.0000001 vs 0.99999994), and on a column
+    with many ties at exact values (0, 1, k/n_trees) that jitter alone makes KS flag drift."""
+    return np.round(values, PREDICTION_DECIMALS)
+
+
 @dataclass(frozen=True)
 class NumericReference:
     sample: np.ndarray  # float64, sorted ascending
@@ -113,7 +123,10 @@ def build_reference(mv: ModelVersion) -> Reference:
             tensor, column = _split_key(key, classes)
             if tensor not in output_specs:
                 raise ValueError(f"{where}.outputs.{key} names no output of the model")
-            outputs.append(OutputColumn(key, tensor, column, _distribution(f"{where}.outputs.{key}", raw)))
+            distribution = _distribution(f"{where}.outputs.{key}", raw)
+            if isinstance(distribution, NumericReference):
+                distribution = NumericReference(quantize_prediction(distribution.sample))
+            outputs.append(OutputColumn(key, tensor, column, distribution))
     except (KeyError, TypeError, ValueError) as exc:
         raise ReferenceUnavailable("bad_reference", f"{mv.key}: {exc}") from None
     if not features:

@@ -16,7 +16,7 @@ from scipy import stats
 
 from gateway.config import Correction
 
-from .reference import CategoricalReference, Distribution, Reference
+from .reference import CategoricalReference, Distribution, NumericReference, Reference, quantize_prediction
 
 
 # Expected-frequency floor for categories the reference gives 0 (or never saw): keeps chi-squared
@@ -115,5 +115,8 @@ def evaluate(
     """(feature results, prediction results) of one window; each family corrected on its own."""
     columns = {name: inputs[:, i] for i, name in enumerate(reference.feature_names)}
     features = evaluate_columns(columns, reference.features, thresholds)
-    predictions = evaluate_columns(outputs, {c.key: c.reference for c in reference.outputs}, thresholds)
+    predictions = evaluate_columns(
+        {c.key: quantize_prediction(outputs[c.key]) if isinstance(c.reference, NumericReference) else outputs[c.key]
+         for c in reference.outputs if c.key in outputs},
+        {c.key: c.reference for c in reference.outputs}, thresholds)
     return features, predictions
