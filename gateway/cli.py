@@ -1,4 +1,4 @@
-"""`gateway` command line: serve, drift, models build-demo."""
+"""`gateway` command line: serve, drift, models build-demo, events tail/export."""
 from __future__ import annotations
 
 import argparse
@@ -26,17 +26,11 @@ def _setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _run(coro) -> None:
-    import uvloop
-
-    uvloop.run(coro)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.server import serve
 
-    _run(serve(load_config(args.config)))
+    _run_result(serve(load_config(args.config)))
     return 0
 
 
@@ -44,7 +38,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.drift.consumer import run_drift, settings_from_config
 
-    _run(run_drift(settings_from_config(load_config(args.config))))
+    _run_result(run_drift(settings_from_config(load_config(args.config))))
     return 0
 
 
@@ -52,6 +46,16 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
     from gateway.models import demo
 
     return demo.run(args)
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    return _run_result(args.events_func(args))
+
+
+def _run_result(coro) -> int:
+    import uvloop
+
+    return uvloop.run(coro)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     build = models.add_parser("build-demo", help="train the demo wine models and write them as ONNX")
     demo.add_arguments(build)
     build.set_defaults(func=_cmd_build_demo)
+
+    from gateway.events import tools
+
+    events = sub.add_parser("events", help="read the event log: tail, export")
+    events.set_defaults(func=_cmd_events)
+    tools.add_arguments(events.add_subparsers(dest="events_command", required=True))
     return parser
 
 
