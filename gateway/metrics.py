@@ -34,19 +34,6 @@ SHADOW_SKIPPED = Counter(
 WORKER_RESTARTS = Counter(
     "gateway_worker_restarts_total", "Worker processes that exited and were restarted.", ["model", "version"]
 )
-EVENTS = Counter(
-    "gateway_events_total",
-    "Events by outcome: queued, delivered, failed (then spooled), spooled, replayed, resent (possible duplicate), dropped (spool full).",
-    ["topic", "outcome"],
-)
-EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Events waiting to be handed to the Kafka producer.")
 SHADOW_IN_FLIGHT = Gauge(
     "gateway_shadow_in_flight", "Challenger calls started and not yet finished.", ["model", "version"]
-)
-EVENTS_IN_FLIGHT = Gauge("gateway_events_in_flight", "Events sent to Kafka and not yet confirmed.")
-EVENT_SPOOL_BYTES = Gauge("gateway_event_spool_bytes", "Bytes of events waiting in the disk spool.")
-EVENT_SPOOL_FULL = Gauge("gateway_event_spool_full", "1 while the spool is at its size limit and new events are dropped.")
-EVENT_DELIVERY_LATENCY = Histogram(
-    "gateway_event_delivery_seconds", "Time from handing an event to the producer to Kafka's acknowledgement.",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

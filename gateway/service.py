@@ -9,20 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
+
+import numpy as np
 
 from gateway import metrics
 from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
 from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable
-from gateway.events.logger import EventLogger
-from gateway.events.records import sampled, scoring_event
+from gateway.events.shipper import EventShipper
+from gateway.events.records import new_id, sampled
 from gateway.models.repository import ModelVersion
 from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
 from gateway.routing.shadow import Plan, ShadowCall, ShadowPolicy
 
 log = logging.getLogger("gateway.service")
+Action = tuple[str, dict[str, np.ndarray]]  # (served version, its first output): what the caller got
 
 
 @dataclass
@@ -45,7 +46,7 @@ class Outcome:
 
 
 class ScoringService:
-    def __init__(self, models: dict[str, DeployedModel], events: EventLogger | None, instance: str, max_rows: int):
+    def __init__(self, models: dict[str, DeployedModel], events: EventShipper | None, instance: str, max_rows: int):
         self.models = models
         self.events = events
         self.instance = instance
@@ -83,16 +84,21 @@ class ScoringService:
         return outcome
 
     def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, request_id: str,
-             request: InferRequest, outcome: Outcome, action: dict[str, Any] | None) -> None:
+             request: InferRequest, outcome: Outcome, action: Action | None) -> None:
         if self.events is None or not sampled(request_id, deployed.log_sample_rate):
             return
-        self.events.log(scoring_event(
-            request_id=request_id, model_name=deployed.name, model_version=version, role=role,
-            route=plan.policy, served=version == plan.serve and role != "challenger", status=outcome.status,
-            inputs=request.inputs, outputs=outcome.prediction.outputs if outcome.prediction else None,
-            action=action, latency_ms=outcome.latency_ms, instance=self.instance, error=outcome.error,
-            sample_rate=deployed.log_sample_rate,
-        ))
+        arrays = {f"inputs/{n}": a for n, a in request.inputs.items()}
+        if outcome.prediction is not None:
+            arrays.update((f"outputs/{n}", a) for n, a in outcome.prediction.outputs.items())
+        if action is not None:
+            arrays.update((f"action/{n}", a) for n, a in action[1].items())
+        self.events.log({
+            "ts": time.time(), "request_id": request_id, "model_name": deployed.name, "model_version": version,
+            "role": role, "route": plan.policy, "served": version == plan.serve and role != "challenger",
+            "status": outcome.status, "error": outcome.error, "latency_ms": outcome.latency_ms,
+            "instance": self.instance, "sample_rate": deployed.log_sample_rate,
+            "action_version": action[0] if action else None,
+        }, arrays)
 
     async def infer(self, name: str, version: str | None, body: bytes) -> bytes:
         deployed = self.model(name)
@@ -103,7 +109,7 @@ class ScoringService:
             plan, role = Plan("direct", version), "direct"
         served = deployed.versions[plan.serve]
         request = decode_infer_request(body, served.inputs, served.outputs, self.max_rows)
-        request_id = request.id or uuid.uuid4().hex
+        request_id = request.id or new_id()
         outcome = await self._score(deployed, plan.serve, role, request, deployed.timeout)
         if outcome.prediction is None:
             self._log(deployed, plan.serve, role, plan, request_id, request, outcome, None)
@@ -112,14 +118,14 @@ class ScoringService:
                 request_id=request_id)
         outputs = outcome.prediction.outputs
         first = served.outputs[0].name if served.outputs else next(iter(outputs))
-        action = {"model_version": plan.serve, "outputs": {first: outputs.get(first)}}
+        action = (plan.serve, {first: outputs[first]})  # what the caller got: the served first output
         self._log(deployed, plan.serve, role, plan, request_id, request, outcome, action)
         for call in plan.shadows:
             self._start_shadow(deployed, call, plan, request_id, request, action)
         return encode_infer_response(name, plan.serve, request_id, outputs, request.requested_outputs)
 
     def _start_shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
-                      request: InferRequest, action: dict[str, Any]) -> None:
+                      request: InferRequest, action: Action) -> None:
         in_flight = deployed.shadow_in_flight.get(call.version, 0)
         if in_flight >= call.max_in_flight:
             metrics.SHADOW_SKIPPED.labels(deployed.name, call.version, "max_in_flight").inc()
@@ -131,7 +137,7 @@ class ScoringService:
         task.add_done_callback(self._background.discard)
 
     async def _shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
-                      request: InferRequest, action: dict[str, Any]) -> None:
+                      request: InferRequest, action: Action) -> None:
         try:
             outcome = await self._score(deployed, call.version, "challenger", request, call.timeout)
             self._log(deployed, call.version, "challenger", plan, request_id, request, outcome, action)

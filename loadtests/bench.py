@@ -74,7 +74,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                                 before_trial=lambda: quiet_log.append(host.wait_for_quiet(max_wait_s=30)))
             check = None
             if not args.no_wrk and name != "gateway+kafka+shadow" and wrk.available():
-                check = compare_with_wrk(server, duration=5.0, repeats=1)
+                check = compare_with_wrk(server, duration=5.0, repeats=1, quiet_wait_s=30)
         bench["configurations"][name] = {"server": server.description, "search": search, "wrk_check": check}
         print(report.format_search(search), flush=True)
     bench["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -98,7 +98,7 @@ def markdown(bench: dict[str, Any], png_name: str) -> str:
             f"{_cell(lat.get('p50'), '{:g}')} | {_cell(lat.get('p99'), '{:g}')} | {_cell(lat.get('p99.9'), '{:g}')} | "
             f"{_cell(cpu.get('server'), '{:g}')} ({_cell(cpu.get('server.main'), '{:g}')}) | "
             f"{_cell(cpu.get('kafka'), '{:g}')} | {_cell(cpu.get('generator'), '{:g}')} | "
-            f"{_cell(cpu.get('machine_busy'), '{:g}')} | "
+            f"{_cell(cpu.get('machine_busy'), '{:g}')} ({_cell(cpu.get('other'), '{:g}')}, {_cell(cpu.get('steal'), '{:g}')}) | "
             f"{_cell(probe and probe['achieved_rate'])} ({_cell(probe and probe['latency_ms'].get('p99'), '{:g}')} ms) | "
             + (f"wrk {check['wrk_requests_per_s']:,.0f} vs {check['harness_requests_per_s']:,.0f} "
                f"({check['difference']:+.1%})" if check else "-") + " |")
@@ -126,7 +126,7 @@ loadtests/search.py). Took {bench['elapsed_s']:.0f} s; waited {waited:.0f} s for
 
 ## Throughput at the objective
 
-| configuration | what | req/s at {c['percentile']} <= {c['objective_ms']:g} ms | rows/s | p50 ms | p99 ms | p99.9 ms | server cores (main process) | kafka cores | generator cores | machine busy cores | closed-loop probe req/s (p99) | generator check: wrk vs harness, closed loop |
+| configuration | what | req/s at {c['percentile']} <= {c['objective_ms']:g} ms | rows/s | p50 ms | p99 ms | p99.9 ms | server cores (main process) | kafka cores | generator cores | machine busy cores (other jobs, hypervisor steal) | closed-loop probe req/s (p99) | generator check: wrk vs harness, closed loop |
 |---|---|---|---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 

@@ -103,6 +103,7 @@ class Generator:
             await asyncio.gather(*(self._client(budget) for _ in range(spec.connections)))
         else:
             await self._open_loop()
+        await asyncio.sleep(max(0.0, self.window[1] - time.monotonic()))  # the window's CPU mark
         await self._drain()
         self.pool.close()
         return self._summarise()

@@ -49,17 +49,19 @@ def _cpu_seconds(pid: int) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _machine_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies over all cores since boot."""
+def _machine_jiffies() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies over all cores since boot; steal is time the hypervisor gave
+    to other guests, which no process here can see but which slows everything in a VM."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    values += [0] * (8 - len(values))
+    idle, steal = values[3] + values[4], values[7]  # idle + iowait; steal
     total = sum(values[:8])  # guest time is already inside user
-    return total - idle, total
+    return total - idle - steal, steal, total
 
 
 @dataclass(frozen=True)
 class CpuSample:
-    machine: tuple[int, int]
+    machine: tuple[int, int, int]
     trees: dict[str, dict[int, float]]  # name -> {pid: cpu seconds so far}
 
 
@@ -77,9 +79,10 @@ def cpu_between(a: CpuSample, b: CpuSample, wall_s: float) -> dict[str, float]:
 
     Processes born in between count from zero; ones that died in between are lost (rare in a run).
     """
-    busy = b.machine[0] - a.machine[0]
-    total = max(1, b.machine[1] - a.machine[1])
-    out = {"machine_busy": round(busy / total * (os.cpu_count() or 1), 3)}
+    total = max(1, b.machine[2] - a.machine[2])
+    cores = os.cpu_count() or 1
+    out = {"machine_busy": round((b.machine[0] - a.machine[0]) / total * cores, 3),
+           "steal": round((b.machine[1] - a.machine[1]) / total * cores, 3)}
     wall_s = max(wall_s, 1e-9)
     for name, after in b.trees.items():
         before = a.trees.get(name, {})
@@ -91,14 +94,14 @@ def cpu_between(a: CpuSample, b: CpuSample, wall_s: float) -> dict[str, float]:
 
 
 def busy_cores(interval: float = 1.0) -> float:
-    """How many cores the machine kept busy over the next `interval` seconds."""
+    """How many cores were busy (or stolen by the hypervisor) over the next `interval` seconds."""
     a = _machine_jiffies()
     time.sleep(interval)
     b = _machine_jiffies()
-    return round((b[0] - a[0]) / max(1, b[1] - a[1]) * (os.cpu_count() or 1), 3)
+    return round((b[0] + b[1] - a[0] - a[1]) / max(1, b[2] - a[2]) * (os.cpu_count() or 1), 3)
 
 
-def wait_for_quiet(max_busy: float = 0.3, max_wait_s: float = 60.0) -> dict[str, float]:
+def wait_for_quiet(max_busy: float = 0.3, max_wait_s: float = 30.0) -> dict[str, float]:
     """Waits (bounded) until the machine is nearly idle, so other jobs do not skew the next run.
 
     Returns the busy cores last seen and the seconds waited; the caller records both.

@@ -32,7 +32,7 @@ def format_run(r: dict[str, Any]) -> str:
         f"closed loop, {s['connections']} clients"
     cpu = r["cpu"]
     watched = "  ".join(f"{k} {v:g}" for k, v in cpu.items()
-                        if k not in ("cores", "machine_busy", "generator", "generator_per_process", "other"))
+                        if k not in ("cores", "machine_busy", "steal", "generator", "generator_per_process", "other"))
     lines = [
         f"{r['label'] or 'run'}: {offered}; scenario {r['scenario']['name']}; {s['processes']} processes, "
         f"{s['connections']} connections; {s['duration']:g} s measured after {s['warmup']:g} s warm-up",
@@ -45,7 +45,7 @@ def format_run(r: dict[str, Any]) -> str:
         lines.append(f"  disp. lag  {_ms(r['dispatch_lag_ms'], ('p50', 'p99', 'max'))}   (generator lateness)")
     per = " ".join(f"{c:g}" for c in cpu["generator_per_process"] if c is not None)
     lines.append(f"  cpu cores  generator {cpu['generator']:g} [{per}]  {watched}  machine {cpu['machine_busy']:g}"
-                 f"/{cpu['cores']}  other {cpu['other']:g}")
+                 f"/{cpu['cores']}  other {cpu['other']:g}  steal {cpu['steal']:g}")
     for name, kind in r["by_kind"].items():
         lines.append(f"  {name:<22} {kind['latency_ms'].get('count', 0):>8} req {kind['rows']:>9} rows  "
                      f"{_ms(kind['latency_ms'], ('p50', 'p99', 'max'))}")

@@ -27,7 +27,7 @@ from loadtests.httpclient import parse_url
 from loadtests.scenario import load_scenario
 
 Action = tuple[float, Callable[[], None]]  # (seconds after the run's start, warm-up included; what to do)
-LAG_WARNING_MS = 2.0  # open-loop dispatch lag p99 above this: the generator, not the server, fell behind
+LAG_WARNING_MS = 3.0  # open-loop dispatch lag p99 above this: the generator, not the server, fell behind
 SATURATED = 0.9  # share of a core (or of the machine) counted as saturated
 DISTURBED = 0.25  # cores used by processes outside the test that make a run suspect
 
@@ -170,7 +170,7 @@ def merge(settings: RunSettings, results: list[dict[str, Any]], cpu: dict[str, f
                          "errors": sum(p["errors"] for p in parts), **summary})
     generator_cpu = [r["cpu_s"] / duration if r["cpu_s"] is not None else None for r in results]
     generator_cores = round(sum(c for c in generator_cpu if c is not None), 3)
-    watched = sum(v for k, v in cpu.items() if k != "machine_busy" and "." not in k)
+    watched = sum(v for k, v in cpu.items() if k not in ("machine_busy", "steal") and "." not in k)
     feedback: dict[str, int] = {}
     for r in results:
         for name, n in r["feedback"].items():
@@ -208,6 +208,11 @@ def merge(settings: RunSettings, results: list[dict[str, Any]], cpu: dict[str, f
     return result
 
 
+def disturbed(cpu: dict[str, float]) -> bool:
+    """Did something outside the test (other jobs, the hypervisor) take enough CPU to skew it?"""
+    return cpu.get("other", 0.0) >= DISTURBED or cpu.get("steal", 0.0) >= DISTURBED
+
+
 def diagnose(result: dict[str, Any]) -> list[str]:
     """Plain statements of what limited this run, from the CPU and lag figures."""
     notes = []
@@ -223,9 +228,11 @@ def diagnose(result: dict[str, Any]) -> list[str]:
         if name.endswith(".main") and value >= SATURATED:
             notes.append(f"{name[:-5]}'s main process used {value} cores: its event loop is saturated")
     if cpu["machine_busy"] >= SATURATED * cores:
-        parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k not in ("cores", "machine_busy",
+        parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k not in ("cores", "machine_busy", "steal",
                           "generator_per_process") and "." not in k)
         notes.append(f"machine CPU saturated ({cpu['machine_busy']} of {cores} cores busy: {parts})")
+    if cpu["steal"] >= DISTURBED:
+        notes.append(f"the hypervisor took {cpu['steal']} cores (steal time): figures may be disturbed")
     if cpu["other"] >= DISTURBED:
         notes.append(f"other processes used {cpu['other']} cores during the run: figures may be disturbed")
     if result["offered_rate"] and result["achieved_rate"] < 0.95 * result["offered_rate"]:

@@ -5,7 +5,7 @@ A trial is one open-loop run at a fixed offered rate; it passes when the objecti
 requests failed, and the server answered at least 95% of the offered rate. The search starts
 at half of what a short closed-loop probe achieved, grows the rate by 1.5x until a trial
 fails, then bisects between the best pass and the first failure to 5%. Every trial is kept;
-a failed trial during which other processes used the CPU is run once more.
+a failed trial during which other jobs (or the hypervisor) took the CPU is run once more.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import argparse
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-from loadtests.run import DISTURBED, RunSettings, execute
+from loadtests.run import RunSettings, disturbed, execute
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Criteria:
     growth: float = 1.5
     precision: float = 0.05  # stop when (first failure - best pass) / best pass <= this
     max_trials: int = 12
-    retry_disturbed: bool = True  # run a failed trial again if other processes used >= DISTURBED cores
+    retry_disturbed: bool = True  # run a failed trial again if other jobs or the hypervisor took the CPU
     probe_duration: float = 5.0
     probe_connections: int = 32
 
@@ -71,7 +71,7 @@ def run_search(settings: RunSettings, criteria: Criteria, *, watch: dict[str, in
         result = execute(trial_settings, watch=watch)
         passed, why = verdict(result, criteria)
         trial: dict[str, Any] = {"rate": rate}
-        if not passed and criteria.retry_disturbed and result["cpu"]["other"] >= DISTURBED:
+        if not passed and criteria.retry_disturbed and disturbed(result["cpu"]):
             # A shared machine: another job's CPU burst is not the server's fault. Once, though.
             trial["disturbed_attempt"] = {"why": why, "cpu": result["cpu"], "latency_ms": result["latency_ms"]}
             if before_trial:

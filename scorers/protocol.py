@@ -6,6 +6,7 @@ boundary without a text round trip. Responses come back in request order, tagged
 """
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -35,7 +36,7 @@ def decode_arrays(meta: dict[str, Any], body: memoryview | bytes) -> dict[str, n
     offset = 0
     for name, dtype_str, shape in meta.get("arrays", ()):
         dtype = np.dtype(dtype_str)
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)
         nbytes = count * dtype.itemsize
         arrays[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)
         offset += nbytes

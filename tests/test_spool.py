@@ -6,7 +6,7 @@ from gateway.events.spool import DiskSpool, WireRecord
 
 def rec(i: int, size: int = 10) -> WireRecord:
     return WireRecord("scoring.events", f"k{i}".encode(), b"x" * size + str(i).encode(),
-                      (("ce_id", str(i).encode()), ("content-type", b"application/json")))
+                      [("ce_id", str(i).encode()), ("content-type", b"application/json")])
 
 
 def test_records_come_back_in_order_across_segments(tmp_path):

@@ -5,6 +5,7 @@ arrays of the dtype and shape the model declared.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +62,9 @@ def _decode_tensor(i: int, raw: Any, specs: dict[str, TensorSpec]) -> tuple[str,
     except (ValueError, TypeError, OverflowError):
         raise BadRequest("invalid_data",
                          f"input '{name}': data is not a rectangular list of {datatype} numbers") from None
-    if array.size != int(np.prod(shape)):
+    if array.size != math.prod(shape):
         raise BadRequest("shape_mismatch",
-                         f"input '{name}': data holds {array.size} values but shape {shape} needs {int(np.prod(shape))}")
+                         f"input '{name}': data holds {array.size} values but shape {shape} needs {math.prod(shape)}")
     target = V2_TO_NUMPY.get(spec.datatype, array.dtype)
     return name, array.reshape(shape).astype(target, copy=False)
 

@@ -1,10 +1,12 @@
 """Delivers scoring events to Kafka without ever making a caller wait, and without losing any.
 
-`log()` only appends to a bounded in-memory queue. A drain task hands records to an idempotent
-aiokafka producer (acks=all) and tracks each one until Kafka confirms it. When Kafka is down or
-slow (a send or a confirmation takes longer than `stall_timeout`), records go to the disk spool
-instead, and so does everything after them, so order is kept; a replay task sends the spool
-back in order once the broker answers again, then delivery returns to direct mode.
+`log()` only appends to a bounded in-memory queue. A drain task packs records into Kafka
+record batches per partition itself (one future per batch, not per record: per-record sends
+cost more CPU than the scoring they log) and hands them to an idempotent aiokafka producer
+(acks=all), tracking each batch until Kafka confirms it. When Kafka is down or slow (a send
+or a confirmation takes longer than `stall_timeout`), records go to the disk spool instead, and
+so does everything after them, so order is kept; a replay task sends the spool back in order
+once the broker answers again, then delivery returns to direct mode.
 
 Delivery is at least once: a record handed to the spool while its first send was still pending
 can arrive twice (counted as `resent`); `event_id` identifies duplicates downstream.
@@ -17,28 +19,50 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 
-from gateway import metrics
+from . import metrics
 
 from .records import to_wire
-from .topics import ensure_topics
 from .spool import DiskSpool, WireRecord
+from .topics import ensure_topics
 
 log = logging.getLogger("gateway.events")
 
 
+class _Partitioner:
+    """Kafka's default key partitioning (murmur2, as the Java client does), so other producers
+    writing the same request id (ground truth, say) land in the same partition; memoised
+    because a request's champion and challenger events share the key."""
+
+    def __init__(self, partitions: int):
+        self.partitions = partitions
+        self._memo: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes) -> int:
+        partition = self._memo.get(key)
+        if partition is None:
+            if len(self._memo) > 20_000:
+                self._memo.clear()
+            partition = self._memo[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return partition
+
+
 class EventLogger:
+    DRAIN_BATCH = 500  # records serialised and sent per turn of the drain loop
+    MAX_EVENT_BYTES = 1_000_000  # the broker's default message.max.bytes, with room for headers
+
     def __init__(
         self,
         bootstrap_servers: str,
         topic: str,
         spool: DiskSpool,
         queue_size: int = 100_000,
-        linger_ms: int = 5,
+        linger_ms: int = 20,
         compression: str | None = "lz4",
         stall_timeout: float = 2.0,
         max_in_flight: int = 50_000,
-        replay_batch: int = 1000,
+        replay_batch: int = 2000,
         create_topics: tuple[list[str], int, int] | None = None,
     ):
         self.topic = topic
@@ -46,15 +70,19 @@ class EventLogger:
         self.stall_timeout = stall_timeout
         self.max_in_flight = max_in_flight
         self.replay_batch = replay_batch
+        self.linger = linger_ms / 1000
         self._create_topics = create_topics  # (names, partitions, replication factor)
         self._producer_args = dict(
             bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
-            linger_ms=linger_ms, compression_type=compression, max_batch_size=512 * 1024,
+            linger_ms=linger_ms, compression_type=compression, max_batch_size=1024 * 1024,
             request_timeout_ms=30_000, retry_backoff_ms=200,
         )
         self._producer: AIOKafkaProducer | None = None
+        self._partitioners: dict[str, _Partitioner] = {}
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
-        self._in_flight: dict[asyncio.Future, tuple[WireRecord, float]] = {}
+        self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float]] = {}
+        self._in_flight_records = 0
+        self._abandoned: dict[asyncio.Future, int] = {}
         self._spooling = not spool.drained  # records left from an earlier run go first
         self._spool_full = False
         self._tasks: list[asyncio.Task] = []
@@ -97,9 +125,7 @@ class EventLogger:
         leftover = []
         while not self._queue.empty():
             leftover.append(to_wire(self._queue.get_nowait(), self.topic))
-        leftover.extend(record for record, _ in self._in_flight.values())
-        self._in_flight.clear()
-        self._to_spool(leftover)
+        self._to_spool(self._take_in_flight() + leftover)
         if self._producer is not None:
             await self._close(self._producer)
         self.spool.close()
@@ -118,6 +144,7 @@ class EventLogger:
                     await ensure_topics(self._producer_args["bootstrap_servers"], *self._create_topics)
                     self._create_topics = None
                 await producer.start()
+                self._partitioners = {}
             except Exception as exc:
                 await self._close(producer)
                 log.warning("Kafka not reachable (%s); events go to the spool; retrying in %.1f s", exc, delay)
@@ -141,15 +168,21 @@ class EventLogger:
                 await sender.close()
             await producer.client.close()
 
+    def _take_in_flight(self) -> list[WireRecord]:
+        records = [wire for wires, _ in self._in_flight.values() for wire in wires]
+        # Kept to count records that still arrive after being spooled (duplicates downstream).
+        self._abandoned.update((future, len(wires)) for future, (wires, _) in self._in_flight.items())
+        self._in_flight.clear()
+        self._in_flight_records = 0
+        return records
+
     def _fail(self, reason: str, unsent: list[WireRecord]) -> None:
         """Kafka let us down: spool `unsent` and all in flight, and start over with a new producer.
 
         A fresh producer matters: after expired batches an idempotent producer's sequence numbers
         are out of step with the broker (OutOfOrderSequenceNumber) and it never recovers by itself.
         """
-        stalled = [wire for wire, _ in self._in_flight.values()]
-        self._in_flight.clear()
-        self._enter_spooling(stalled + unsent)
+        self._enter_spooling(self._take_in_flight() + unsent)
         if self._producer is not None:
             log.warning("Kafka delivery failed (%s); spooling events and reconnecting", reason)
             old, self._producer = self._producer, None
@@ -157,44 +190,84 @@ class EventLogger:
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
 
-    # -- direct delivery ----------------------------------------------------------------------
+    # -- sending ------------------------------------------------------------------------------
+
+    async def _send(self, wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+        """Packs records into one batch per partition (more when a batch fills) and sends them.
+
+        Returns each batch's future with its records. Raises if Kafka does not take a batch.
+        """
+        producer = self._producer
+        partitioner = self._partitioners.get(self.topic)
+        if partitioner is None:
+            partitioner = self._partitioners[self.topic] = _Partitioner(len(await producer.partitions_for(self.topic)))
+        groups: dict[int, list[WireRecord]] = {}
+        for wire in wires:
+            groups.setdefault(partitioner(wire.key), []).append(wire)
+        sent = []
+        for partition, group in groups.items():
+            start = 0
+            while start < len(group):
+                batch = producer.create_batch()
+                end = start
+                while end < len(group) and batch.append(
+                        key=group[end].key, value=group[end].value, timestamp=None,
+                        headers=group[end].headers) is not None:
+                    end += 1
+                if end == start:
+                    raise ValueError(f"an event of {len(group[start].value)} bytes exceeds the producer's batch size")
+                future = await producer.send_batch(batch, self.topic, partition=partition)
+                sent.append((future, group[start:end]))
+                start = end
+        return sent
 
     async def _drain(self) -> None:
         while True:
             batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 1000:
+            if self._queue.qsize() < self.DRAIN_BATCH:
+                await asyncio.sleep(self.linger)  # gather more: fewer, fuller Kafka batches
+            while not self._queue.empty() and len(batch) < self.DRAIN_BATCH:
                 batch.append(self._queue.get_nowait())
-            metrics.EVENT_QUEUE_DEPTH.set(self._queue.qsize())
-            wires = [to_wire(r, self.topic) for r in batch]
-            for i, wire in enumerate(wires):
-                if self._spooling or self._producer is None or len(self._in_flight) >= self.max_in_flight:
-                    self._enter_spooling(wires[i:])
-                    break
-                try:
-                    future = await asyncio.wait_for(self._send(wire), self.stall_timeout)
-                except Exception as exc:  # the producer's buffer did not move: Kafka is not taking data
-                    self._fail(f"send: {exc!r}", wires[i:])
-                    break
-                self._in_flight[future] = (wire, time.monotonic())
+            wires = self._fitting([to_wire(r, self.topic) for r in batch])
+            if self._spooling or self._producer is None or self._in_flight_records >= self.max_in_flight:
+                self._enter_spooling(wires)
+                continue
+            try:
+                async with asyncio.timeout(self.stall_timeout):
+                    sent = await self._send(wires)
+            except Exception as exc:  # Kafka is not taking data
+                self._fail(f"send: {exc!r}", wires)
+                continue
+            now = time.monotonic()
+            for future, records in sent:
+                self._in_flight[future] = (records, now)
+                self._in_flight_records += len(records)
                 future.add_done_callback(self._on_delivery)
-            metrics.EVENTS_IN_FLIGHT.set(len(self._in_flight))
 
-    async def _send(self, wire: WireRecord) -> asyncio.Future:
-        return await self._producer.send(wire.topic, wire.value, key=wire.key, headers=list(wire.headers))
+    def _fitting(self, wires: list[WireRecord]) -> list[WireRecord]:
+        """Drops (counted, logged) events larger than one Kafka batch: no broker would take them."""
+        fitting = [w for w in wires if len(w.value) <= self.MAX_EVENT_BYTES]
+        if len(fitting) < len(wires):
+            self._count["dropped"].inc(len(wires) - len(fitting))
+            log.error("%d events over %d bytes dropped (request with too many rows for one Kafka record)",
+                      len(wires) - len(fitting), self.MAX_EVENT_BYTES)
+        return fitting
 
     def _on_delivery(self, future: asyncio.Future) -> None:
         entry = self._in_flight.pop(future, None)
         failed = future.cancelled() or future.exception() is not None
         if entry is None:  # already handed to the spool as stalled
+            abandoned = self._abandoned.pop(future, 0)
             if not failed:
-                self._count["resent"].inc()
+                self._count["resent"].inc(abandoned)
             return
-        wire, sent_at = entry
+        records, sent_at = entry
+        self._in_flight_records -= len(records)
         if failed:
-            self._count["failed"].inc()
-            self._fail(f"delivery: {None if future.cancelled() else future.exception()!r}", [wire])
+            self._count["failed"].inc(len(records))
+            self._fail(f"delivery: {None if future.cancelled() else future.exception()!r}", records)
         else:
-            self._count["delivered"].inc()
+            self._count["delivered"].inc(len(records))
             metrics.EVENT_DELIVERY_LATENCY.observe(time.monotonic() - sent_at)
 
     async def _watch(self) -> None:
@@ -203,8 +276,8 @@ class EventLogger:
             await asyncio.sleep(min(0.25, self.stall_timeout / 4))
             now = time.monotonic()
             if self._in_flight and now - min(t for _, t in self._in_flight.values()) > self.stall_timeout:
-                self._fail(f"{len(self._in_flight)} events unconfirmed for {self.stall_timeout:.1f} s", [])
-            metrics.EVENTS_IN_FLIGHT.set(len(self._in_flight))
+                self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])
+            metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
             metrics.EVENT_QUEUE_DEPTH.set(self._queue.qsize())
 
     # -- spooling and replay ------------------------------------------------------------------
@@ -245,15 +318,12 @@ class EventLogger:
                     log.info("spool replayed; delivering events directly again")
                 await asyncio.sleep(0.05)
                 continue
-            futures: list[asyncio.Future] = []
             try:
-                for record in records:
-                    futures.append(await asyncio.wait_for(self._send(record), self.stall_timeout))
-                    futures[-1].add_done_callback(_retrieve)
-                done, pending = await asyncio.wait(futures, timeout=self.stall_timeout * 5)
-                errors = [f.exception() for f in done if not f.cancelled() and f.exception() is not None]
-                if pending or errors:
-                    raise RuntimeError(f"{len(pending)} unconfirmed, first error {errors[0] if errors else None!r}")
+                async with asyncio.timeout(self.stall_timeout * 5):
+                    futures = [future for future, _ in await self._send(records)]
+                    for future in futures:
+                        future.add_done_callback(_retrieve)
+                    await asyncio.gather(*futures)
             except Exception as exc:
                 self.spool.rewind()
                 self._fail(f"replay: {exc!r}", [])

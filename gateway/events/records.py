@@ -6,8 +6,8 @@ path, by the event logger.
 from __future__ import annotations
 
 import hashlib
-import time
-import uuid
+import itertools
+import os
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +21,16 @@ SCHEMA_VERSION = 1
 CE_TYPE = "dev.scoring-gateway.scoring.v1"
 
 
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_id() -> str:
+    """A 32-hex-digit id unique across processes: random per process, then a counter
+    (a uuid4 per event costs a getrandom syscall on the request path)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 def sampled(request_id: str, rate: float) -> bool:
     """Whether a request is logged: a hash of its id, so champion and shadows agree, everywhere."""
     if rate >= 1.0:
@@ -29,53 +39,44 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") < rate * 2**64
 
 
-def _tensors(arrays: dict[str, np.ndarray] | None) -> list[dict[str, Any]]:
-    return [tensor(n, a) for n, a in (arrays or {}).items()]
+def _tensors(arrays: dict[str, np.ndarray], kind: str) -> list[dict[str, Any]]:
+    prefix = kind + "/"
+    return [tensor(n[len(prefix):], a) for n, a in arrays.items() if n.startswith(prefix)]
 
 
-def scoring_event(
-    *,
-    request_id: str,
-    model_name: str,
-    model_version: str,
-    role: str,
-    route: str,
-    served: bool,
-    status: str,
-    inputs: dict[str, np.ndarray],
-    outputs: dict[str, np.ndarray] | None,
-    action: dict[str, Any] | None,
-    latency_ms: float,
-    instance: str,
-    error: str | None = None,
-    sample_rate: float = 1.0,
-) -> dict[str, Any]:
-    now = time.time()
+def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The record, from what the gateway handed over: `meta` (scalars, `ts` in Unix seconds,
+    `action_version`) and arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`."""
+    ts = meta["ts"]
+    action_version = meta.get("action_version")
     return {
         "schema_version": SCHEMA_VERSION,
-        "event_id": uuid.uuid4().hex,
-        "timestamp": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "ts_ms": int(now * 1000),
-        "request_id": request_id,
-        "model_name": model_name,
-        "model_version": model_version,
-        "role": role,
-        "route": route,
-        "served": served,
-        "status": status,
-        "error": error,
-        "inputs": _tensors(inputs),
-        "outputs": _tensors(outputs),
-        "action": action,
-        "latency_ms": round(latency_ms, 3),
-        "gateway_instance": instance,
-        "sample_rate": sample_rate,
+        "event_id": new_id(),
+        "timestamp": datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "ts_ms": int(ts * 1000),
+        "request_id": meta["request_id"],
+        "model_name": meta["model_name"],
+        "model_version": meta["model_version"],
+        "role": meta["role"],
+        "route": meta["route"],
+        "served": meta["served"],
+        "status": meta["status"],
+        "error": meta.get("error"),
+        "inputs": _tensors(arrays, "inputs"),
+        "outputs": _tensors(arrays, "outputs"),
+        "action": None if action_version is None else {
+            "model_version": action_version,
+            "outputs": {n[len("action/"):]: a for n, a in arrays.items() if n.startswith("action/")},
+        },
+        "latency_ms": round(meta["latency_ms"], 3),
+        "gateway_instance": meta["instance"],
+        "sample_rate": meta.get("sample_rate", 1.0),
     }
 
 
 def to_wire(record: dict[str, Any], topic: str) -> WireRecord:
     """The Kafka record: JSON value, request-id key, CloudEvents binary-mode headers."""
-    headers = (
+    headers = [
         ("ce_specversion", b"1.0"),
         ("ce_id", record["event_id"].encode()),
         ("ce_type", CE_TYPE.encode()),
@@ -85,6 +86,6 @@ def to_wire(record: dict[str, Any], topic: str) -> WireRecord:
         ("model", record["model_name"].encode()),
         ("model_version", record["model_version"].encode()),
         ("schema_version", str(record["schema_version"]).encode()),
-    )
+    ]
     value = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
     return WireRecord(topic, record["request_id"].encode(), value, headers)

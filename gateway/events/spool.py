@@ -10,9 +10,11 @@ killed; `fsync: true` also makes it survive a machine crash, at a cost per appen
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +26,13 @@ FRAME = struct.Struct("<II")
 INNER = struct.Struct("<HH")
 
 
-@dataclass(frozen=True)
+@dataclass
 class WireRecord:
     """One Kafka record as it is sent: topic, key, value and headers."""
     topic: str
     key: bytes
     value: bytes
-    headers: tuple[tuple[str, bytes], ...]
+    headers: list[tuple[str, bytes]]  # a list: aiokafka's batch builder takes no tuple
 
 
 @dataclass(frozen=True, order=True)
@@ -51,7 +53,7 @@ def _decode(inner: bytes) -> WireRecord:
     key = inner[start : start + key_len]
     topic, headers = orjson.loads(inner[start + key_len : start + key_len + headers_len])
     value = inner[start + key_len + headers_len :]
-    return WireRecord(topic, key, value, tuple((k, v.encode()) for k, v in headers))
+    return WireRecord(topic, key, value, [(k, v.encode()) for k, v in headers])
 
 
 class SpoolFull(Exception):
@@ -71,6 +73,27 @@ class DiskSpool:
         self._acked = self._load_cursor()
         self._read = self._acked
         self._writer = None
+        self._lock = None  # set by locked(): the flock that keeps other processes out
+
+    @classmethod
+    def locked(cls, directory: str | Path, max_bytes: int, segment_bytes: int = 64 << 20, fsync: bool = False,
+               wait: float = 60.0) -> "DiskSpool":
+        """Opens the spool once no other process holds it (a shipper still finishing, say)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / ".lock").open("w")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"spool {directory} is held by another process for over {wait:.0f} s") from None
+                time.sleep(0.2)
+        spool = cls(directory, max_bytes, segment_bytes, fsync)
+        spool._lock = lock
+        return spool
 
     def _path(self, segment: int) -> Path:
         return self.directory / f"segment-{segment:012d}.spool"
@@ -208,3 +231,6 @@ class DiskSpool:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None

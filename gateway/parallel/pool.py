@@ -48,6 +48,7 @@ class _Worker:
         self.pending: dict[int, asyncio.Future] = {}
         self.alive = False
         self._reader_task: asyncio.Task | None = None
+        self._outbox: list[bytes] = []
 
     async def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -85,10 +86,20 @@ class _Worker:
             self.pool.on_worker_exit(self)
 
     def send(self, seq: int, arrays: dict[str, np.ndarray]) -> asyncio.Future:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.pending[seq] = future
-        self.writer.write(encode({"seq": seq}, arrays))
+        # Frames written in the same loop iteration leave in one syscall (and reach the worker
+        # as one batch), instead of one write and one worker wake-up per request.
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append(encode({"seq": seq}, arrays))
         return future
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(b"".join(frames))
 
     async def stop(self) -> None:
         self.alive = False

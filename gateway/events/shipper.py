@@ -1,0 +1,185 @@
+"""The event shipper: a process of its own that turns what the gateway scored into Kafka records.
+
+Building each event's JSON and producing it costs more Python than the scoring it logs, so the
+gateway's request loop only frames the raw arrays and a few scalars (scorers.protocol, as for
+workers) and writes them, coalesced, to the shipper's socket. The shipper runs the EventLogger:
+queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway once a
+second and are re-exported on the gateway's /metrics.
+
+If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
+has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client import REGISTRY
+from prometheus_client.metrics_core import Metric
+
+from scorers.protocol import HEADER, decode_arrays, encode
+
+log = logging.getLogger("gateway.events")
+METRICS_INTERVAL = 1.0
+
+
+class EventShipper:
+    """The gateway's side: never blocks; starts, watches and restarts the shipper process."""
+
+    def __init__(self, settings: dict[str, Any], max_buffer_bytes: int = 256 << 20):
+        self.settings = settings
+        self.max_buffer_bytes = max_buffer_bytes
+        self._process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._outbox: list[bytes] = []
+        self._reader: asyncio.Task | None = None
+        self._stopping = False
+        self.lost = 0  # events that could not be handed over (shipper gone, buffer full)
+        self.snapshot: list[dict[str, Any]] = []
+        REGISTRY.register(self)
+
+    # -- prometheus collector: the shipper's last snapshot, plus what was lost on the way ----
+    def collect(self):
+        for family in self.snapshot:
+            metric = Metric(family["name"], family["documentation"], family["type"])
+            for name, labels, value in family["samples"]:
+                metric.add_sample(name, labels, value)
+            yield metric
+        lost = Metric("gateway_events_unshipped", "Events the gateway could not hand to the shipper.", "counter")
+        lost.add_sample("gateway_events_unshipped_total", {}, float(self.lost))
+        yield lost
+
+    async def start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.events.shipper", "--fd", str(child.fileno()),
+                "--settings", orjson.dumps(self.settings).decode(),
+                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env,
+                start_new_session=True,  # Ctrl-C goes to the gateway, which stops the shipper in order
+            )
+        finally:
+            child.close()
+        reader, self._writer = await asyncio.open_unix_connection(sock=parent)
+        self._reader = asyncio.create_task(self._read(reader))
+
+    def log(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
+            self.lost += 1
+            return
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(encode(meta, arrays))
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(b"".join(frames))
+        else:
+            self.lost += len(frames)
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                meta_len, body_len = HEADER.unpack(await reader.readexactly(HEADER.size))
+                data = await reader.readexactly(meta_len + body_len)
+                self.snapshot = orjson.loads(data[:meta_len]).get("metrics", self.snapshot)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        if not self._stopping:
+            log.error("event shipper exited (code %s); restarting it", await self._process.wait())
+            self._writer = None
+            await self.start()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Closing the socket tells the shipper to deliver or spool everything, then exit."""
+        self._stopping = True
+        self._flush()
+        if self._writer is not None:
+            self._writer.write_eof()
+        if self._process is not None:
+            try:
+                await asyncio.wait_for(self._process.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.error("event shipper did not finish within %.0f s; killing it (its spool keeps what it had)", timeout)
+                self._process.kill()
+                await self._process.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        REGISTRY.unregister(self)
+
+
+# -- the shipper process ---------------------------------------------------------------------
+
+def _metrics_snapshot() -> list[dict[str, Any]]:
+    return [
+        {"name": family.name, "documentation": family.documentation, "type": family.type,
+         "samples": [(s.name, s.labels, s.value) for s in family.samples]}
+        for family in REGISTRY.collect() if family.name.startswith("gateway_event")
+    ]
+
+
+async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
+    from .logger import EventLogger
+    from .records import scoring_event
+    from .spool import DiskSpool
+
+    spool = await asyncio.to_thread(DiskSpool.locked, settings["spool_dir"], settings["spool_max_bytes"],
+                                    settings["spool_segment_bytes"], settings["spool_fsync"])
+    logger = EventLogger(
+        settings["bootstrap_servers"], settings["topic"], spool, settings["queue_size"], settings["linger_ms"],
+        settings["compression"], settings["stall_timeout"], create_topics=settings["create_topics"],
+    )
+    await logger.start()
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+
+    async def report() -> None:
+        while True:
+            writer.write(encode({"metrics": _metrics_snapshot()}))
+            await asyncio.sleep(METRICS_INTERVAL)
+
+    reporter = asyncio.create_task(report())
+    try:
+        while True:
+            meta_len, body_len = HEADER.unpack(await reader.readexactly(HEADER.size))
+            data = await reader.readexactly(meta_len + body_len)
+            meta = orjson.loads(data[:meta_len])
+            logger.log(scoring_event(meta, decode_arrays(meta, memoryview(data)[meta_len:])))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass  # the gateway closed its end (stopping) or died: finish up
+    finally:
+        reporter.cancel()
+        await logger.stop()
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.events.shipper")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--settings", required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when the shipper stops
+    # Logging is background work: when cores are short, requests get them first and the
+    # shipper catches up from its queue (then its spool) in the gaps.
+    os.nice(10)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[shipper]: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    import uvloop
+
+    uvloop.run(_ship(socket.socket(fileno=args.fd), orjson.loads(args.settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

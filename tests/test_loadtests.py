@@ -1,0 +1,269 @@
+"""The load-test harness: schedules, histograms, scenarios, the HTTP client, the generator, and
+the one behaviour it exists for: an open-loop run shows a server stall that a closed loop hides."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp import web
+
+from loadtests import histograms, servers
+from loadtests.generator import Generator, WorkerSpec
+from loadtests.httpclient import ConnectionPool, RequestFailed, RequestHead
+from loadtests.run import RunSettings, execute
+from loadtests.scenario import SCENARIOS, RequestFactory, ScenarioError, load_scenario, parse_scenario
+from loadtests.schedule import intended_offsets
+
+
+# --- schedule -------------------------------------------------------------------------------
+
+def test_constant_arrivals_interleave_processes_into_one_even_stream() -> None:
+    parts = [intended_offsets("constant", 100.0, 2.0, process=k, processes=3) for k in range(3)]
+    merged = np.sort(np.concatenate(parts))
+    assert len(merged) == 200
+    assert np.allclose(np.diff(merged), 0.01)
+    assert merged[0] == 0.0 and merged[-1] < 2.0
+    assert all(np.allclose(np.diff(p), 0.03) for p in parts)
+
+
+def test_poisson_arrivals_have_the_rate_and_exponential_gaps() -> None:
+    offsets = intended_offsets("poisson", 1000.0, 20.0, seed=7)
+    gaps = np.diff(offsets)
+    assert abs(len(offsets) / 20.0 - 1000.0) < 30  # 20k arrivals: sd of the count is ~141
+    assert abs(gaps.mean() - 1e-3) < 3e-5
+    assert abs(gaps.std() / gaps.mean() - 1.0) < 0.03  # exponential gaps: coefficient of variation 1
+    assert np.all(offsets < 20.0) and np.all(gaps >= 0)
+    again = intended_offsets("poisson", 1000.0, 20.0, seed=7)
+    assert np.array_equal(offsets, again)
+    other = intended_offsets("poisson", 1000.0, 20.0, seed=7, process=1, processes=2)
+    assert abs(len(other) / 20.0 - 500.0) < 25
+
+
+def test_schedule_is_bounded_by_its_limit() -> None:
+    assert len(intended_offsets("constant", 1000.0, 10.0, limit=123)) == 123
+    with pytest.raises(ValueError):
+        intended_offsets("constant", 0.0, 1.0)
+    with pytest.raises(ValueError):
+        intended_offsets("bursty", 1.0, 1.0)  # type: ignore[arg-type]
+
+
+# --- histograms -----------------------------------------------------------------------------
+
+def test_histograms_merge_losslessly_across_processes() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.exponential(0.002, 50_000), rng.exponential(0.02, 5_000)
+    merged = histograms.merge([histograms.encode(histograms.from_seconds(a)),
+                               histograms.encode(histograms.from_seconds(b))])
+    whole = histograms.from_seconds(np.concatenate([a, b]))
+    assert histograms.summary_ms(merged) == histograms.summary_ms(whole)
+    summary = histograms.summary_ms(whole)
+    assert summary["count"] == 55_000
+    exact = np.percentile(np.concatenate([a, b]) * 1e3, 99)
+    assert abs(summary["p99"] - exact) / exact < 0.01  # 3 significant digits
+    assert histograms.summary_ms(histograms.new()) == {"count": 0}
+
+
+# --- scenarios ------------------------------------------------------------------------------
+
+def _body(request_bytes: bytes) -> dict:
+    return orjson.loads(request_bytes.split(b"\r\n\r\n", 1)[1])
+
+
+def test_every_builtin_scenario_builds_valid_v2_requests() -> None:
+    names = sorted(p.stem for p in SCENARIOS.glob("*.yaml"))
+    assert {"standard", "single-row", "demo-mix", "drift"} <= set(names)
+    for name in names:
+        scenario = load_scenario(name)
+        factory = RequestFactory(scenario, "127.0.0.1:1", process=1, seed=2, run_id="r")
+        for seq in range(50):
+            request = factory.make(seq, 0.5)
+            head, _, raw = request.data.partition(b"\r\n\r\n")
+            kind = scenario.requests[request.kind]
+            assert head.startswith(f"POST {kind.path} HTTP/1.1".encode())
+            assert f"Content-Length: {len(raw)}".encode() in head
+            body = orjson.loads(raw)
+            assert body["id"] == request.request_id == f"r-1-{seq}"
+            tensor = body["inputs"][0]
+            assert tensor["shape"] == [request.rows, 13] and len(tensor["data"]) == request.rows * 13
+            assert kind.rows[0] <= request.rows <= kind.rows[1] and len(request.labels) == request.rows
+
+
+def test_drift_scenario_sends_low_alcohol_wines_from_minute_one() -> None:
+    factory = RequestFactory(load_scenario("drift"), "h", seed=0)
+    alcohol = lambda t: [_body(factory.make(i, t).data)["inputs"][0]["data"][0] for i in range(200)]  # noqa: E731
+    assert min(alcohol(59.9)) >= 13.0
+    assert max(alcohol(60.0)) < 13.0
+
+
+def test_mix_weights_sticky_keys_and_feedback() -> None:
+    scenario = load_scenario("demo-mix")
+    factory = RequestFactory(scenario, "h", seed=3)
+    requests = [factory.make(i, 1.0) for i in range(4000)]
+    share = np.bincount([r.kind for r in requests], minlength=4) / len(requests)
+    assert np.allclose(share, [0.80, 0.15, 0.03, 0.02], atol=0.02)
+    body = _body(requests[0].data)
+    key = body["parameters"]["customer_id"]
+    assert key.startswith("customer-") and f"X-Customer-Id: {key}\r\n".encode() in requests[0].data
+    feedback = _body(factory.feedback(requests[0], b""))
+    assert feedback == {"id": requests[0].request_id, "model_name": "wine", "ground_truth": list(requests[0].labels)}
+    assert factory.feedback(requests[0], b"").startswith(b"POST /v2/models/wine/feedback HTTP/1.1")
+
+
+def test_reward_feedback_scores_the_answer() -> None:
+    factory = RequestFactory(load_scenario("drift"), "h", seed=0)
+    request = factory.make(0, 0.0)
+    right = orjson.dumps({"outputs": [{"name": "label", "data": [request.labels[0]]}]})
+    wrong = orjson.dumps({"outputs": [{"name": "label", "data": [request.labels[0] + 1]}]})
+    assert _body(factory.feedback(request, right))["reward"] == 1.0
+    assert _body(factory.feedback(request, wrong))["reward"] == 0.0
+    assert factory.feedback(request, b"not json") is None
+
+
+def test_scenario_errors_name_the_key() -> None:
+    with pytest.raises(ScenarioError, match=r"requests\[0\].*unknown key.*colour"):
+        parse_scenario({"name": "x", "requests": [{"name": "a", "model": "wine", "colour": "red"}]})
+    with pytest.raises(ScenarioError, match="rows"):
+        parse_scenario({"name": "x", "requests": [{"name": "a", "model": "wine", "rows": [5, 2]}]})
+    with pytest.raises(ScenarioError, match="data must be"):
+        parse_scenario({"name": "x", "requests": [{"name": "a", "model": "wine"}], "phases": [{"at_s": 1, "data": "x"}]})
+    with pytest.raises(ScenarioError, match="built-in scenarios"):
+        load_scenario("no-such-scenario")
+
+
+# --- HTTP client ----------------------------------------------------------------------------
+
+async def _canned_server(responses: list[bytes], connections: list[int]):
+    """Answers the n-th request (over all connections) with responses[n]; b"" means never answer."""
+    served = iter(responses)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                answer = next(served)
+                if not answer:
+                    await asyncio.sleep(3600)
+                writer.write(answer)
+                await writer.drain()
+                if b"Connection: close" in answer:
+                    writer.close()
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, StopIteration):
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_client_reads_length_chunked_and_close_delimited_responses() -> None:
+    connections: list[int] = []
+    server = await _canned_server([
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 503 Busy\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+    ], connections)
+    pool = ConnectionPool("127.0.0.1", server.sockets[0].getsockname()[1], limit=1)
+    head = RequestHead("POST", "/x", "h")
+    try:
+        results = [await pool.request(head.render(b"{}"), time.monotonic() + 5) for _ in range(5)]
+    finally:
+        pool.close()
+        server.close()
+    assert results == [(200, b"hello"), (503, b"abcde"), (204, b""), (200, b"ok"), (404, b"")]
+    assert len(connections) == 2  # kept alive until the server said close
+
+
+async def test_client_times_out_and_never_exceeds_its_connection_limit() -> None:
+    connections: list[int] = []
+    server = await _canned_server([b""] * 10, connections)
+    pool = ConnectionPool("127.0.0.1", server.sockets[0].getsockname()[1], limit=2)
+    head = RequestHead("POST", "/x", "h")
+    started = time.monotonic()
+    try:
+        outcomes = await asyncio.gather(*(pool.request(head.render(b"{}"), started + 0.3) for _ in range(5)),
+                                        return_exceptions=True)
+    finally:
+        pool.close()
+        server.close()
+    assert all(isinstance(o, RequestFailed) and o.kind == "timeout" for o in outcomes)
+    assert len(connections) == 2  # the other three waited for a connection and timed out waiting
+
+
+async def test_client_reports_refused_connections() -> None:
+    pool = ConnectionPool("127.0.0.1", servers.free_port(), limit=1)
+    try:
+        with pytest.raises(RequestFailed) as failed:
+            await pool.request(RequestHead("POST", "/", "h").render(b""), time.monotonic() + 2)
+    finally:
+        pool.close()
+    assert failed.value.kind == "connect"
+
+
+# --- generator ------------------------------------------------------------------------------
+
+async def test_open_loop_generator_records_every_due_request_and_skips_missing_feedback(tmp_path: Path) -> None:
+    scenario = tmp_path / "fb.yaml"
+    scenario.write_text("name: fb\nrequests: [{name: one, model: wine, rows: 1}]\n"
+                        "feedback: {kind: ground_truth, fraction: 1.0, delay_s: 0.05}\n")
+    seen: list[str] = []
+
+    async def infer(request: web.Request) -> web.Response:
+        seen.append((await request.json())["id"])
+        return web.json_response({"outputs": [{"name": "label", "data": [0]}]})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/wine/infer", infer)  # no feedback route: 404
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    spec = WorkerSpec(url=f"http://127.0.0.1:{port}", scenario=str(scenario), mode="constant", rate=200.0,
+                      warmup=0.25, duration=1.0, connections=4, process=0, processes=1, seed=0, timeout=2.0,
+                      max_requests=10_000, max_in_flight=1000, run_id="t", bucket_s=0.5)
+    try:
+        result = await Generator(spec).run(time.monotonic() + 0.05)
+    finally:
+        await runner.cleanup()
+    assert result["scheduled"] == 250 == len(seen) == len(set(seen))
+    assert result["warmup_requests"] == 50 and result["outcomes"] == {"200": 200}
+    assert histograms.decode(result["kinds"]["one"]["histogram"]).get_total_count() == 200
+    assert sorted(result["timeline"]) == [0, 1, 2]  # 0.25-1.25 s in 0.5 s buckets
+    assert result["feedback"].get("404") == 1  # the first 404 switches feedback off
+    assert any("feedback" in w and "404" in w for w in result["warnings"])
+    assert result["cpu_s"] is not None and result["max_in_flight"] <= 1000
+
+
+# --- the behaviour the harness exists for ---------------------------------------------------
+
+def test_a_server_pause_shows_in_open_loop_percentiles_but_not_in_closed_loop() -> None:
+    """SIGSTOP the server for 1 s: open-loop p99 (from intended send times) shows it; closed-loop
+    clients just stop sending, so only a handful of requests see it and p99 stays low."""
+    pause = 1.0
+    with servers.ceiling() as server:
+        actions = [(1.0, lambda: os.kill(server.pid, signal.SIGSTOP)),
+                   (1.0 + pause, lambda: os.kill(server.pid, signal.SIGCONT))]
+        base = RunSettings(url=server.url, scenario="single-row", warmup=0.5, duration=3.0, processes=1,
+                           timeout=10.0)
+        open_loop = execute(replace(base, mode="constant", rate=200.0, connections=32),
+                            watch={"server": server.pid}, actions=actions)
+        closed_loop = execute(replace(base, mode="closed", connections=4), watch={"server": server.pid},
+                              actions=actions)
+    pause_ms = pause * 1000
+    assert open_loop["errors"] == {} and closed_loop["errors"] == {}
+    assert open_loop["measured_requests"] == 600
+    assert open_loop["latency_ms"]["p99"] >= 0.5 * pause_ms
+    assert closed_loop["latency_ms"]["max"] >= 0.8 * pause_ms  # the stall happened to it too ...
+    assert closed_loop["latency_ms"]["p99"] < 0.2 * pause_ms  # ... but its percentiles hide it
+    assert closed_loop["measured_requests"] > 100 * 4  # the 4 stalled requests are far below 1%
