@@ -31,11 +31,16 @@ def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) ->
     return HEADER.pack(len(head), len(body)) + head + body
 
 
+_DTYPES: dict[str, np.dtype] = {}
+
+
 def decode_arrays(meta: dict[str, Any], body: memoryview | bytes) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     offset = 0
     for name, dtype_str, shape in meta.get("arrays", ()):
-        dtype = np.dtype(dtype_str)
+        dtype = _DTYPES.get(dtype_str)
+        if dtype is None:
+            dtype = _DTYPES[dtype_str] = np.dtype(dtype_str)
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
         arrays[name] = np.frombuffer(body, dtype=dtype, count=count, offset=offset).reshape(shape)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.codecs.v2 import tensor
+from gateway.codecs.datatypes import v2_datatype
 from gateway.events.spool import WireRecord
 
 SCHEMA_VERSION = 1
@@ -39,20 +39,43 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") < rate * 2**64
 
 
-def _tensors(arrays: dict[str, np.ndarray], kind: str) -> list[dict[str, Any]]:
-    prefix = kind + "/"
-    return [tensor(n[len(prefix):], a) for n, a in arrays.items() if n.startswith(prefix)]
+_DATATYPE: dict[str, str] = {}  # numpy dtype.str -> V2 datatype, filled on first sight
+_SECOND: list = [None, ""]  # the last whole second formatted, reused by the events within it
+
+
+def _iso_utc(ts: float) -> str:
+    second = int(ts)
+    if _SECOND[0] != second:
+        _SECOND[0] = second
+        _SECOND[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_SECOND[1]}.{int((ts - second) * 1000):03d}Z"
+
+
+def _tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    datatype = _DATATYPE.get(array.dtype.str)
+    if datatype is None:
+        datatype = _DATATYPE[array.dtype.str] = v2_datatype(array.dtype)
+    return {"name": name, "datatype": datatype, "shape": array.shape, "data": array.ravel()}
 
 
 def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """The record, from what the gateway handed over: `meta` (scalars, `ts` in Unix seconds,
     `action_version`) and arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`."""
     ts = meta["ts"]
+    inputs, outputs, action = [], [], {}
+    for key, array in arrays.items():
+        kind, _, name = key.partition("/")
+        if kind == "inputs":
+            inputs.append(_tensor(name, array))
+        elif kind == "outputs":
+            outputs.append(_tensor(name, array))
+        else:
+            action[name] = array
     action_version = meta.get("action_version")
     return {
         "schema_version": SCHEMA_VERSION,
         "event_id": new_id(),
-        "timestamp": datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": _iso_utc(ts),
         "ts_ms": int(ts * 1000),
         "request_id": meta["request_id"],
         "model_name": meta["model_name"],
@@ -62,12 +85,9 @@ def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
         "served": meta["served"],
         "status": meta["status"],
         "error": meta.get("error"),
-        "inputs": _tensors(arrays, "inputs"),
-        "outputs": _tensors(arrays, "outputs"),
-        "action": None if action_version is None else {
-            "model_version": action_version,
-            "outputs": {n[len("action/"):]: a for n, a in arrays.items() if n.startswith("action/")},
-        },
+        "inputs": inputs,
+        "outputs": outputs,
+        "action": None if action_version is None else {"model_version": action_version, "outputs": action},
         "latency_ms": round(meta["latency_ms"], 3),
         "gateway_instance": meta["instance"],
         "sample_rate": meta.get("sample_rate", 1.0),
