@@ -25,7 +25,7 @@ import orjson
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
-from scorers.protocol import HEADER, decode_arrays, encode
+from scorers.protocol import HEADER, decode_arrays, encode, split_frames
 
 log = logging.getLogger("gateway.events")
 METRICS_INTERVAL = 1.0
@@ -150,14 +150,19 @@ async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
             await asyncio.sleep(METRICS_INTERVAL)
 
     reporter = asyncio.create_task(report())
+    buffer = bytearray()
     try:
         while True:
-            meta_len, body_len = HEADER.unpack(await reader.readexactly(HEADER.size))
-            data = await reader.readexactly(meta_len + body_len)
-            meta = orjson.loads(data[:meta_len])
-            logger.log(scoring_event(meta, decode_arrays(meta, memoryview(data)[meta_len:])))
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass  # the gateway closed its end (stopping) or died: finish up
+            chunk = await reader.read(1 << 20)  # whole bursts at a time, not one await per event
+            if not chunk:
+                break  # the gateway closed its end (stopping) or died: finish up
+            buffer += chunk
+            frames, used = split_frames(buffer)
+            del buffer[:used]
+            for meta, body in frames:
+                logger.log(scoring_event(meta, decode_arrays(meta, body)))
+    except ConnectionError:
+        pass
     finally:
         reporter.cancel()
         await logger.stop()

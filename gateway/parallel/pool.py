@@ -19,7 +19,7 @@ import orjson
 
 from gateway import metrics
 from gateway.models.repository import ModelVersion
-from scorers.protocol import HEADER, decode_arrays, encode
+from scorers.protocol import HEADER, decode_arrays, encode, split_frames
 
 log = logging.getLogger("gateway.pool")
 
@@ -69,13 +69,20 @@ class _Worker:
         self._reader_task = asyncio.create_task(self._read_responses(reader))
 
     async def _read_responses(self, reader: asyncio.StreamReader) -> None:
+        buffer = bytearray()
         try:
             while True:
-                meta, body = await _read_frame(reader)
-                future = self.pending.pop(meta["seq"], None)
-                if future is not None and not future.done():
-                    future.set_result((meta, body))
-        except (asyncio.IncompleteReadError, ConnectionError):
+                chunk = await reader.read(1 << 20)  # every response that has arrived, in one await
+                if not chunk:
+                    break
+                buffer += chunk
+                frames, used = split_frames(buffer)
+                del buffer[:used]
+                for meta, body in frames:
+                    future = self.pending.pop(meta["seq"], None)
+                    if future is not None and not future.done():
+                        future.set_result((meta, body))
+        except ConnectionError:
             pass
         finally:
             self.alive = False
