@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import host, report, servers, wrk
-from loadtests.run import RunSettings, disturbed, execute
+from loadtests.run import RunSettings, execute
 from loadtests.scenario import RequestFactory, load_scenario
 
 OUT = servers.ROOT / "docs" / "benchmarks" / "experiments"
 SCENARIO = "single-row"  # wrk sends one fixed body; this scenario sends the same kind of request
+CLEAN = 0.1  # cores taken by other jobs + hypervisor steal below which a wrk/harness pair counts
 
 
 def _request(scenario: str) -> tuple[str, bytes]:
@@ -38,6 +39,11 @@ def _brief(result: dict[str, Any]) -> dict[str, Any]:
                                    "errors", "latency_ms", "response_time_ms", "cpu", "diagnosis")}
 
 
+def _outside(cpu: dict[str, float]) -> float:
+    """Cores taken by other jobs and by the hypervisor during a run."""
+    return cpu["other"] + cpu["steal"]
+
+
 def _wrk_measured(server: servers.Server, url: str, body: bytes, *, threads: int, connections: int,
                   duration: float) -> dict[str, Any]:
     """A wrk run plus the same CPU accounting our own runs get (server, machine, everything else)."""
@@ -51,16 +57,17 @@ def _wrk_measured(server: servers.Server, url: str, body: bytes, *, threads: int
 
 def compare_with_wrk(server: servers.Server, *, duration: float = 10.0, connections: int = 32,
                      processes: int = 2, repeats: int = 2, scenario: str = SCENARIO,
-                     quiet_wait_s: float = 120.0) -> dict[str, Any]:
+                     quiet_wait_s: float = 60.0) -> dict[str, Any]:
     """Alternates wrk and our closed loop (same connections; wrk threads = our processes) on a
     running server and compares mean throughput over `repeats` clean pairs. A pair during which
-    other jobs or the hypervisor took the CPU on either side is kept but not counted, and another
-    is run (at most 2 * repeats extra), so a shared machine's bursts do not decide the verdict."""
+    other jobs or the hypervisor took >= CLEAN cores on either side is kept but not counted, and
+    another is run (at most 4 * repeats pairs in all): on a shared VM, 0.15 cores of steal moves
+    a CPU-bound server's throughput by 10-20%, more than the agreement being measured."""
     path, body = _request(scenario)
     url = server.url + path
     wrk.run(url, body, threads=processes, connections=connections, duration=2)  # warm both sides up
     pairs: list[dict[str, Any]] = []
-    while sum(p["clean"] for p in pairs) < repeats and len(pairs) < 3 * repeats:
+    while sum(p["clean"] for p in pairs) < repeats and len(pairs) < 4 * repeats:
         order = ("wrk", "harness") if len(pairs) % 2 == 0 else ("harness", "wrk")  # cancels slow drifts
         pair: dict[str, Any] = {"order": order}
         for side in order:
@@ -73,7 +80,7 @@ def compare_with_wrk(server: servers.Server, *, duration: float = 10.0, connecti
                     url=server.url, scenario=scenario, mode="closed", connections=connections, processes=processes,
                     duration=duration, warmup=1.0, label=f"{server.name} closed loop #{len(pairs) + 1}"),
                     watch={"server": server.pid}))
-        pair["clean"] = not disturbed(pair["wrk"]["cpu"]) and not disturbed(pair["harness"]["cpu"])
+        pair["clean"] = all(_outside(pair[side]["cpu"]) < CLEAN for side in order)
         pairs.append(pair)
     counted = [p for p in pairs if p["clean"]] or pairs
     wrk_all = [p["wrk"]["requests_per_s"] for p in counted]
@@ -153,7 +160,8 @@ def _markdown_wrk(data: dict[str, Any]) -> str:
              for name, t in data["targets"].items() for i, p in enumerate(t["pairs"])]
     return (_table(rows, ["server", "what", "connections", "wrk req/s (range)", "harness req/s (range)",
                           "difference", "within 10%", "clean pairs"])
-            + "\n\nMeans are over the clean pairs. Each pair, as run:\n\n"
+            + f"\n\nMeans are over the clean pairs: other jobs + hypervisor steal < {CLEAN} cores on both sides. "
+            "Each pair, as run:\n\n"
             + _table(pairs, ["server", "pair", "order", "wrk req/s", "harness req/s", "wrk cores",
                              "harness generator cores", "server cores (wrk / harness)",
                              "other + steal cores (wrk / harness)", "counted"]))
@@ -161,13 +169,15 @@ def _markdown_wrk(data: dict[str, Any]) -> str:
 
 def _markdown_pause(data: dict[str, Any]) -> str:
     rows = [[label, f"{r['achieved_rate']:,.0f}", r["latency_ms"]["count"], r["latency_ms"]["p50"],
-             r["latency_ms"]["p90"], r["latency_ms"]["p99"], r["latency_ms"]["p99.9"], r["latency_ms"]["max"]]
+             r["latency_ms"]["p90"], r["latency_ms"]["p99"], r["latency_ms"]["p99.9"], r["latency_ms"]["max"],
+             r["cpu"]["server"], r["cpu"]["generator"], f"{r['cpu']['other']:g} + {r['cpu']['steal']:g}"]
             for label, r in data["runs"].items()]
     verdict = (f"Open loop p99 with the pause: **{data['open_loop_p99_ms']:g} ms** "
                f"({'shows' if data['open_loop_shows_pause'] else 'does NOT show'} the pause). "
                f"Closed loop p99 with the pause: **{data['closed_loop_p99_ms']:g} ms**, max {data['closed_loop_max_ms']:g} ms "
                f"({'the pause is visible only in the max' if data['closed_loop_p99_hides_pause'] else 'unexpected'}).")
-    return _table(rows, ["run", "achieved req/s", "measured", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"]) + \
+    return _table(rows, ["run", "achieved req/s", "measured", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+                         "gateway cores", "generator cores", "other + steal cores"]) + \
         "\n\n" + verdict
 
 

@@ -1,8 +1,9 @@
 """A lean HTTP/1.1 keep-alive client: pre-encoded requests out, status and body back.
 
 Why not aiohttp's client: on the 2-core reference machine two aiohttp-client processes drove a
-bare aiohttp server to 6.8k req/s where wrk reached 13.7-17k; this client, on asyncio protocols
-and uvloop, reaches wrk's figure with a third of a core, so the generator is not what is measured.
+bare aiohttp server to 6.8k req/s where wrk reached 13.7k; this client, on asyncio protocols and
+uvloop, matches wrk's throughput (docs/benchmarks/experiments/wrk-agreement.md) with about twice
+wrk's CPU per request, so the generator is not what is measured.
 It does one request per connection at a time (no pipelining), at most `limit` connections; a
 request that finds them all busy waits in FIFO order, and that wait is part of its latency.
 Deadlines are enforced by a sweeper every 50 ms rather than a timer per request.

@@ -68,7 +68,10 @@ def format_search(search: dict[str, Any]) -> str:
         r = t["result"]
         lines.append(f"  {'pass' if t['passed'] else 'FAIL'} {t['rate']:>8g}/s  achieved {r['achieved_rate']:>9g}/s  "
                      f"{_ms(r['latency_ms'], ('p50', 'p99', 'p99.9'))}  server {r['cpu'].get('server', '-')} "
-                     f"gen {r['cpu']['generator']:g} machine {r['cpu']['machine_busy']:g}  ({t['why']})")
+                     f"gen {r['cpu']['generator']:g} machine {r['cpu']['machine_busy']:g} "
+                     f"steal {r['cpu']['steal']:g}  ({t['why']})"
+                     + (f" [disturbed; {len(t['discarded_attempts'])} earlier attempt(s) discarded]"
+                        if t["disturbed"] or t["discarded_attempts"] else ""))
     best = search["at_max"]
     if best:
         lines.append(f"  => {search['max_rate']:g} req/s ({best['rows_per_s']:g} rows/s), "
@@ -76,6 +79,9 @@ def format_search(search: dict[str, Any]) -> str:
         lines += [f"     note: {d}" for d in best["diagnosis"]]
     else:
         lines.append("  => no trial passed")
+    if search["disturbed_failures"]:
+        lines.append(f"  caution: failures at {search['disturbed_failures']} req/s were disturbed by other jobs or "
+                     "the hypervisor even after retries; the figure may be low")
     return "\n".join(lines)
 
 

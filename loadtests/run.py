@@ -237,7 +237,19 @@ def diagnose(result: dict[str, Any]) -> list[str]:
         notes.append(f"other processes used {cpu['other']} cores during the run: figures may be disturbed")
     if result["offered_rate"] and result["achieved_rate"] < 0.95 * result["offered_rate"]:
         notes.append(f"achieved {result['achieved_rate']}/s of {result['offered_rate']}/s offered")
+    notes.append(_closest_to_saturation(cpu, cores))
     return notes
+
+
+def _closest_to_saturation(cpu: dict[str, Any], cores: int) -> str:
+    """Which resource ran closest to its limit: an event-loop process (1 core each) or the machine."""
+    loads = {f"{name[:-5]}'s main process": value for name, value in cpu.items() if name.endswith(".main")}
+    for i, value in enumerate(cpu["generator_per_process"]):
+        if value is not None:
+            loads[f"generator process {i}"] = value
+    loads["the machine"] = cpu["machine_busy"] / cores
+    name, share = max(loads.items(), key=lambda item: item[1])
+    return f"closest to saturation: {name} at {share:.0%} of {'its cores' if name == 'the machine' else 'a core'}"
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:

@@ -204,13 +204,17 @@ class _Body:
     labels: tuple[int, ...]
 
 
-@dataclass(frozen=True)
 class Request:
-    kind: int  # index into Scenario.requests
-    request_id: str
-    data: bytes  # the whole HTTP request
-    rows: int
-    labels: tuple[int, ...]
+    """One request, ready to send (a plain slotted class: one is built per request, so it is cheap)."""
+
+    __slots__ = ("kind", "request_id", "data", "rows", "labels")
+
+    def __init__(self, kind: int, request_id: str, data: bytes, rows: int, labels: tuple[int, ...]):
+        self.kind = kind  # index into Scenario.requests
+        self.request_id = request_id
+        self.data = data  # the whole HTTP request
+        self.rows = rows
+        self.labels = labels
 
 
 class RequestFactory:
@@ -228,6 +232,7 @@ class RequestFactory:
                 path = base_path + scenario.feedback.path.format(model=k.model)
                 self._feedback_heads.setdefault(k.model, RequestHead("POST", path, host))
         self._phase_starts = [p.at_s for p in scenario.phases]
+        self._phase_data = [p.data for p in scenario.phases]
         self._phase_weights = []
         for p in scenario.phases:
             weights = [p.weights.get(k.name, 0.0) if p.weights else k.weight for k in scenario.requests]
@@ -261,12 +266,15 @@ class RequestFactory:
 
     def make(self, seq: int, t: float) -> Request:
         """The request number `seq` of this process, due `t` seconds after the run's start."""
-        phase = bisect.bisect_right(self._phase_starts, t) - 1
-        rng = self._rng
-        kind = min(bisect.bisect_left(self._phase_weights[phase], rng.random()), len(self._heads) - 1)
-        body = self._bodies[self.scenario.phases[phase].data][kind][rng.randrange(self.scenario.bodies_per_kind)]
+        phase = bisect.bisect_right(self._phase_starts, t) - 1 if len(self._phase_starts) > 1 else 0
+        random = self._rng.random
+        kind = 0
+        if len(self._heads) > 1:
+            kind = min(bisect.bisect_left(self._phase_weights[phase], random()), len(self._heads) - 1)
+        bodies = self._bodies[self._phase_data[phase]][kind]
+        body = bodies[int(random() * len(bodies))]
         request_id = self._prefix + str(seq)
-        params, header = self._sticky[rng.randrange(len(self._sticky))] if self._sticky else (b"", b"")
+        params, header = self._sticky[int(random() * len(self._sticky))] if self._sticky else (b"", b"")
         payload = b"".join((b'{"id":"', request_id.encode(), b'",', params, body.tail))
         return Request(kind, request_id, self._heads[kind].render(payload, header), body.rows, body.labels)
 

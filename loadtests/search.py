@@ -5,7 +5,7 @@ A trial is one open-loop run at a fixed offered rate; it passes when the objecti
 requests failed, and the server answered at least 95% of the offered rate. The search starts
 at half of what a short closed-loop probe achieved, grows the rate by 1.5x until a trial
 fails, then bisects between the best pass and the first failure to 5%. Every trial is kept;
-a failed trial during which other jobs (or the hypervisor) took the CPU is run once more.
+a failed trial during which other jobs (or the hypervisor) took the CPU is run again (twice at most).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class Criteria:
     growth: float = 1.5
     precision: float = 0.05  # stop when (first failure - best pass) / best pass <= this
     max_trials: int = 12
-    retry_disturbed: bool = True  # run a failed trial again if other jobs or the hypervisor took the CPU
+    retries: int = 2  # times a failed trial is run again when other jobs or the hypervisor took the CPU
     probe_duration: float = 5.0
     probe_connections: int = 32
 
@@ -70,15 +70,16 @@ def run_search(settings: RunSettings, criteria: Criteria, *, watch: dict[str, in
         trial_settings = replace(settings, mode=mode, rate=rate, label=f"{label} @ {rate}/s")
         result = execute(trial_settings, watch=watch)
         passed, why = verdict(result, criteria)
-        trial: dict[str, Any] = {"rate": rate}
-        if not passed and criteria.retry_disturbed and disturbed(result["cpu"]):
-            # A shared machine: another job's CPU burst is not the server's fault. Once, though.
-            trial["disturbed_attempt"] = {"why": why, "cpu": result["cpu"], "latency_ms": result["latency_ms"]}
+        discarded = []
+        while not passed and disturbed(result["cpu"]) and len(discarded) < criteria.retries:
+            # A shared machine: another job's or guest's CPU burst is not the server's fault.
+            discarded.append({"why": why, "cpu": result["cpu"], "latency_ms": result["latency_ms"]})
             if before_trial:
                 before_trial()
             result = execute(trial_settings, watch=watch)
             passed, why = verdict(result, criteria)
-        trials.append({**trial, "passed": passed, "why": why, "result": result})
+        trials.append({"rate": rate, "passed": passed, "why": why, "disturbed": disturbed(result["cpu"]),
+                       "discarded_attempts": discarded, "result": result})
         if passed:
             best = rate if best is None else max(best, rate)
         else:
@@ -104,6 +105,7 @@ def run_search(settings: RunSettings, criteria: Criteria, *, watch: dict[str, in
         "mode": mode,
         "max_rate": best,
         "first_failure": worst,
+        "disturbed_failures": [t["rate"] for t in trials if not t["passed"] and t["disturbed"]],
         "at_max": None if at_best is None else {
             "offered_rate": best, "achieved_rate": at_best["achieved_rate"], "rows_per_s": at_best["rows_per_s"],
             "latency_ms": at_best["latency_ms"], "error_rate": at_best["error_rate"], "cpu": at_best["cpu"],
