@@ -192,9 +192,9 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
 
 def labelled_wines(data: DataRange) -> tuple[np.ndarray, np.ndarray]:
     """Demo rows and their true classes; the classes are what ground-truth feedback sends."""
-    from gateway.models.demo import DEFAULT_THRESHOLD, _wine  # the demo's own row selection
+    from gateway.models.demo import labelled_wine_rows  # the demo's own row selection
 
-    return _wine(DEFAULT_THRESHOLD, data)
+    return labelled_wine_rows(data)
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,13 @@ def free_port() -> int:
 class Server:
     """A child process serving HTTP on 127.0.0.1:`port`; a context manager that always stops it."""
 
-    def __init__(self, name: str, argv: list[str], port: int, ready_path: str, description: dict[str, Any]):
+    def __init__(self, name: str, argv: list[str], port: int, ready_path: str, description: dict[str, Any],
+                 temporary: tuple[str, ...] = ()):
         self.name, self.argv, self.port, self.ready_path = name, argv, port, ready_path
         self.description = description
         self.process: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.temporary = (*temporary, self.log.name)  # removed on exit
 
     @property
     def url(self) -> str:
@@ -93,10 +95,12 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
+        self.log.close()
+        for path in self.temporary:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def ceiling() -> Server:
@@ -131,7 +135,8 @@ def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False) -> Serv
     argv = [str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve", "--config", handle.name]
     what = ("gateway, Kafka event logging" if kafka_bootstrap else "gateway, no event logging") + \
         (", shadow challenger(s) as in config/demo.yaml" if shadow else ", champion only (challengers removed)")
-    return Server("gateway", argv, port, "/v2/health/ready", {"server": "gateway", "what": what, "config": config})
+    return Server("gateway", argv, port, "/v2/health/ready", {"server": "gateway", "what": what, "config": config},
+                  temporary=(handle.name,))
 
 
 @contextmanager

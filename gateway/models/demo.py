@@ -63,6 +63,11 @@ def wine_rows(range: Range, *, alcohol_threshold: float = DEFAULT_THRESHOLD) -> 
     return _wine(alcohol_threshold, range)[0]
 
 
+def labelled_wine_rows(range: Range, *, alcohol_threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """The same rows with their true classes (ground truth for feedback traffic)."""
+    return _wine(alcohol_threshold, range)
+
+
 def sample_wines(
     range: Range, n: int, seed: int = 0, *, alcohol_threshold: float = DEFAULT_THRESHOLD
 ) -> np.ndarray:
