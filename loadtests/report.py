@@ -117,12 +117,7 @@ def plot_searches(searches: dict[str, dict[str, Any]], path: str | Path, title: 
         ax.legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_timelines(runs: dict[str, dict[str, Any]], path: str | Path, title: str = "",
@@ -144,6 +139,10 @@ def plot_timelines(runs: dict[str, dict[str, Any]], path: str | Path, title: str
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=10)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
