@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -30,7 +29,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.server import serve
 
-    _run_result(serve(load_config(args.config)))
+    _run(serve(load_config(args.config)))
     return 0
 
 
@@ -38,7 +37,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.drift.consumer import run_drift, settings_from_config
 
-    _run_result(run_drift(settings_from_config(load_config(args.config))))
+    _run(run_drift(settings_from_config(load_config(args.config))))
     return 0
 
 
@@ -49,10 +48,10 @@ def _cmd_build_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_events(args: argparse.Namespace) -> int:
-    return _run_result(args.events_func(args))
+    return _run(args.events_func(args))
 
 
-def _run_result(coro) -> int:
+def _run(coro) -> int:
     import uvloop
 
     return uvloop.run(coro)

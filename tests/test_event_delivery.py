@@ -9,7 +9,6 @@ import subprocess
 
 import aiohttp
 import jsonschema
-import numpy as np
 import pytest
 
 from gateway.events.records import sampled

@@ -5,7 +5,6 @@ Both read without a consumer group (nothing is committed, no other reader is dis
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
