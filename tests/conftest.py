@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class RunningGateway:
 
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [os.sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

@@ -5,9 +5,7 @@ and carry the demo model's real predictions; the events topic has 3 partitions.
 """
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timezone
-from typing import Any
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gateway.drift.consumer import DriftConsumer, DriftSettings
+from gateway.events.records import scoring_event, to_wire
 from gateway.models.demo import sample_wines
 from gateway.models.repository import ModelRepository
 
@@ -28,24 +27,16 @@ WINDOW_ROWS = 200
 EVENTS_PER_WINDOW = WINDOW_ROWS // ROWS_PER_EVENT
 
 
-def _tensors(arrays: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    return [{"name": n, "datatype": "INT64" if a.dtype == np.int64 else "FP32", "shape": list(a.shape),
-             "data": a.ravel()} for n, a in arrays.items()]
-
-
 def _record(request_id: str, status: str, inputs: np.ndarray, outputs: dict[str, np.ndarray]) -> bytes:
-    now = datetime.now(timezone.utc)
-    record: dict[str, Any] = {
-        "schema_version": 1, "event_id": uuid.uuid4().hex,
-        "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "ts_ms": int(now.timestamp() * 1000), "request_id": request_id,
-        "model_name": "wine", "model_version": "1", "role": "champion", "route": "shadow",
-        "served": True, "status": status, "error": None if status == "ok" else "boom",
-        "inputs": _tensors({"input": inputs}), "outputs": _tensors(outputs),
-        "action": {"model_version": "1", "outputs": {"label": outputs["label"]}} if outputs else None,
-        "latency_ms": 0.4, "gateway_instance": "test", "sample_rate": 1.0,
-    }
-    return orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+    """The record exactly as the gateway's event shipper builds it (gateway.events.records)."""
+    arrays = {"inputs/input": inputs, **{f"outputs/{n}": a for n, a in outputs.items()}}
+    if outputs:
+        arrays["action/label"] = outputs["label"]
+    meta = {"ts": time.time(), "request_id": request_id, "model_name": "wine", "model_version": "1",
+            "role": "champion", "route": "shadow", "served": True, "status": status,
+            "error": None if status == "ok" else "boom", "latency_ms": 0.4, "instance": "test",
+            "sample_rate": 1.0, "action_version": "1" if outputs else None}
+    return to_wire(scoring_event(meta, arrays), "scoring.events").value
 
 
 def _events(session: ort.InferenceSession, rows: np.ndarray, tag: str) -> list[tuple[bytes, bytes]]:

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
+import sys
 import uuid
 
 import orjson
@@ -34,7 +34,7 @@ async def test_low_alcohol_traffic_drifts_on_alcohol_and_training_traffic_does_n
     config["drift"] = {"group_id": f"drift-{uuid.uuid4().hex[:8]}", "window_rows": 200, "window_seconds": 600}
     gateway = start_gateway(config)
     log = (tmp_path / "drift.log").open("wb")
-    drift = subprocess.Popen([os.sys.executable, "-m", "gateway", "drift", "--config", str(gateway.config_path)],
+    drift = subprocess.Popen([sys.executable, "-m", "gateway", "drift", "--config", str(gateway.config_path)],
                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     reports_consumer = AIOKafkaConsumer(drift_topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
     await reports_consumer.start()

@@ -38,8 +38,11 @@ ONNX_TO_V2: dict[str, str] = {
 }
 
 
+_BY_DTYPE_STR = {dtype.str: name for dtype, name in NUMPY_TO_V2.items()}  # a str lookup: cheap per tensor
+
+
 def v2_datatype(dtype: np.dtype) -> str:
-    try:
-        return NUMPY_TO_V2[np.dtype(dtype)]
-    except KeyError:
-        raise ValueError(f"no Open Inference Protocol datatype for numpy dtype {dtype}") from None
+    name = _BY_DTYPE_STR.get(dtype.str)
+    if name is None:
+        raise ValueError(f"no Open Inference Protocol datatype for numpy dtype {dtype}")
+    return name

@@ -78,7 +78,7 @@ class EventLogger:
             request_timeout_ms=30_000, retry_backoff_ms=200,
         )
         self._producer: AIOKafkaProducer | None = None
-        self._partitioners: dict[str, _Partitioner] = {}
+        self._partitioner: _Partitioner | None = None  # learnt from each new producer's metadata
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float]] = {}
         self._in_flight_records = 0
@@ -144,7 +144,7 @@ class EventLogger:
                     await ensure_topics(self._producer_args["bootstrap_servers"], *self._create_topics)
                     self._create_topics = None
                 await producer.start()
-                self._partitioners = {}
+                self._partitioner = None
             except Exception as exc:
                 await self._close(producer)
                 log.warning("Kafka not reachable (%s); events go to the spool; retrying in %.1f s", exc, delay)
@@ -174,6 +174,7 @@ class EventLogger:
         self._abandoned.update((future, len(wires)) for future, (wires, _) in self._in_flight.items())
         self._in_flight.clear()
         self._in_flight_records = 0
+        metrics.EVENTS_IN_FLIGHT.set(0)  # at once, so /metrics never shows spooled events as in flight
         return records
 
     def _fail(self, reason: str, unsent: list[WireRecord]) -> None:
@@ -198,9 +199,9 @@ class EventLogger:
         Returns each batch's future with its records. Raises if Kafka does not take a batch.
         """
         producer = self._producer
-        partitioner = self._partitioners.get(self.topic)
+        partitioner = self._partitioner
         if partitioner is None:
-            partitioner = self._partitioners[self.topic] = _Partitioner(len(await producer.partitions_for(self.topic)))
+            partitioner = self._partitioner = _Partitioner(len(await producer.partitions_for(self.topic)))
         groups: dict[int, list[WireRecord]] = {}
         for wire in wires:
             groups.setdefault(partitioner(wire.key), []).append(wire)
@@ -228,6 +229,7 @@ class EventLogger:
                 await asyncio.sleep(self.linger)  # gather more: fewer, fuller Kafka batches
             while not self._queue.empty() and len(batch) < self.DRAIN_BATCH:
                 batch.append(self._queue.get_nowait())
+            metrics.EVENT_QUEUE_DEPTH.set(self._queue.qsize())
             wires = self._fitting([to_wire(r, self.topic) for r in batch])
             if self._spooling or self._producer is None or self._in_flight_records >= self.max_in_flight:
                 self._enter_spooling(wires)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.codecs.datatypes import v2_datatype
+from gateway.codecs.v2 import tensor
 from gateway.events.spool import WireRecord
 
 SCHEMA_VERSION = 1
@@ -39,7 +39,6 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") < rate * 2**64
 
 
-_DATATYPE: dict[str, str] = {}  # numpy dtype.str -> V2 datatype, filled on first sight
 _SECOND: list = [None, ""]  # the last whole second formatted, reused by the events within it
 
 
@@ -51,13 +50,6 @@ def _iso_utc(ts: float) -> str:
     return f"{_SECOND[1]}.{int((ts - second) * 1000):03d}Z"
 
 
-def _tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    datatype = _DATATYPE.get(array.dtype.str)
-    if datatype is None:
-        datatype = _DATATYPE[array.dtype.str] = v2_datatype(array.dtype)
-    return {"name": name, "datatype": datatype, "shape": array.shape, "data": array.ravel()}
-
-
 def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """The record, from what the gateway handed over: `meta` (scalars, `ts` in Unix seconds,
     `action_version`) and arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`."""
@@ -66,9 +58,9 @@ def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
     for key, array in arrays.items():
         kind, _, name = key.partition("/")
         if kind == "inputs":
-            inputs.append(_tensor(name, array))
+            inputs.append(tensor(name, array))
         elif kind == "outputs":
-            outputs.append(_tensor(name, array))
+            outputs.append(tensor(name, array))
         else:
             action[name] = array
     action_version = meta.get("action_version")
