@@ -74,6 +74,8 @@ def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
         "model_version": meta["model_version"],
         "role": meta["role"],
         "route": meta["route"],
+        "arm": meta.get("arm"),
+        "reason": meta.get("reason"),
         "served": meta["served"],
         "status": meta["status"],
         "error": meta.get("error"),
