@@ -29,7 +29,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.server import serve
 
-    _run(serve(load_config(args.config)))
+    _run(serve(load_config(args.config), config_path=args.config))
     return 0
 
 

@@ -11,15 +11,28 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from gateway.config import ConfigError, GatewayConfig
+from gateway.control.audit import AuditLog
+from gateway.control.routes import RouteController, check_signatures
+from gateway.errors import ApiError
 from gateway.events.shipper import EventShipper
+from gateway.events.topics import ensure_topics
+from gateway.experiments.report import ExperimentCollector
+from gateway.experiments.tracker import ExperimentTracker
+from gateway.feedback.bus import FeedbackReader, KafkaControl
+from gateway.feedback.hub import FeedbackHub
+from gateway.feedback.store import PredictionStore
 from gateway.models.repository import ModelRepository, ModelRepositoryError
 from gateway.parallel.pool import WorkerPool
+from gateway.rest.admin import add_admin_routes
 from gateway.rest.app import create_app
-from gateway.routing.shadow import ShadowPolicy
+from gateway.rest.feedback import add_feedback_routes
+from gateway.routing import build_policy
 from gateway.service import DeployedModel, ScoringService
 
 log = logging.getLogger("gateway")
@@ -35,7 +48,7 @@ def instance_dir(config: GatewayConfig) -> str:
     return config.server.instance_id or "default"
 
 
-def _deploy(config: GatewayConfig) -> dict[str, DeployedModel]:
+def _deploy(config: GatewayConfig, tracker: ExperimentTracker) -> dict[str, DeployedModel]:
     repository = ModelRepository(config.model_repository)
     threads = _threads_per_worker(config)
     deployed = {}
@@ -48,24 +61,60 @@ def _deploy(config: GatewayConfig) -> dict[str, DeployedModel]:
                 raise ConfigError(f"models.{name}.versions.{version}: {exc}") from None
             versions[version] = mv
             pools[version] = WorkerPool(mv, version_config.workers, threads, version_config.max_batch_rows)
-        champion = versions[model_config.route.champion]
-        for challenger in model_config.route.challengers:
-            other = versions[challenger.version]
-            if [(t.name, t.shape) for t in other.inputs] != [(t.name, t.shape) for t in champion.inputs]:
-                raise ConfigError(
-                    f"models.{name}.route.challengers: version '{challenger.version}' takes inputs "
-                    f"{[t.name for t in other.inputs]} but the champion takes {[t.name for t in champion.inputs]}; "
-                    "a challenger must accept the champion's requests")
-        deployed[name] = DeployedModel(name, versions, pools, ShadowPolicy(model_config.route),
-                                       model_config.timeout_ms / 1000, model_config.log_sample_rate)
+        model = DeployedModel(name, versions, pools, build_policy(model_config.route, tracker.bandit_state),
+                              model_config.timeout_ms / 1000, model_config.log_sample_rate)
+        try:
+            check_signatures(model, model_config.route)
+        except ValueError as exc:
+            raise ConfigError(f"models.{name}.route: {exc}") from None
+        deployed[name] = model
     return deployed
 
 
-async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+async def _control_plane(config: GatewayConfig, hub: FeedbackHub, stack: AsyncExitStack) -> KafkaControl | None:
+    """The gateway's own Kafka clients: a producer for feedback and audit records, and the
+    feedback reader, which replays the topic to rebuild experiment state before serving."""
+    kafka = config.kafka
+    if not kafka.enabled:
+        return None
+    await ensure_topics(kafka.bootstrap_servers, [kafka.topics.feedback, kafka.topics.audit], kafka.partitions,
+                        kafka.replication_factor)
+    control = KafkaControl(kafka.bootstrap_servers)
+    await control.start()
+    stack.push_async_callback(control.stop)
+    hub.control = control
+    reader = FeedbackReader(kafka.bootstrap_servers, kafka.topics.feedback, hub.handle)
+    replayed = await reader.start()
+    stack.push_async_callback(reader.stop)
+    log.info("experiment state rebuilt from %d feedback records", replayed)
+    return control
+
+
+def _reload_on_sighup(controller: RouteController) -> None:
+    async def reload() -> None:
+        try:
+            result = await controller.reload("signal:SIGHUP")
+            log.info("config reloaded: %s", result)
+        except ApiError as exc:
+            log.error("config reload refused: %s", exc.message)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+
+
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, config_path: str | Path | None = None) -> None:
     stop = stop or asyncio.Event()
-    models = _deploy(config)
+    tracker = ExperimentTracker()
+    models = _deploy(config, tracker)
     instance = config.server.instance()
+    hub = FeedbackHub(PredictionStore(config.feedback.max_pending, config.feedback.ttl_seconds), tracker, instance,
+                      topic=config.kafka.topics.feedback)
+    collector = ExperimentCollector(tracker, models)
+    REGISTRY.register(collector)
     async with AsyncExitStack() as stack:
+        stack.callback(REGISTRY.unregister, collector)
+        control = await _control_plane(config, hub, stack)
+        audit = AuditLog(control, config.kafka.topics.audit, instance)
+        stack.push_async_callback(audit.drain)
         events = None
         kafka = config.kafka
         if kafka.enabled:
@@ -84,10 +133,13 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
             for pool in model.pools.values():
                 stack.push_async_callback(pool.stop)
                 await pool.start()
-        service = ScoringService(models, events, instance, config.server.max_rows)
+        service = ScoringService(models, events, instance, config.server.max_rows, hub)
         stack.push_async_callback(service.drain)
-        runner = web.AppRunner(create_app(service, config.server.max_body_bytes), access_log=None,
-                               handle_signals=False)
+        controller = RouteController(service, audit, tracker.bandit_state, Path(config_path) if config_path else None)
+        app = create_app(service, config.server.max_body_bytes)
+        add_feedback_routes(app, hub, config.feedback.max_records)
+        add_admin_routes(app, controller, config.admin.tokens)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024, reuse_address=True)
@@ -102,5 +154,6 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        _reload_on_sighup(controller)
         await stop.wait()
         log.info("shutting down: finishing in-flight requests and flushing events")

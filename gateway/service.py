@@ -1,8 +1,9 @@
 """Carries out one scoring request: route -> score -> respond, then log and shadow-score.
 
-The served answer depends only on the served version's pool. Shadow calls start after the
-answer is ready, run as detached tasks with their own timeout and in-flight cap, and can only
-ever produce an event and a metric, never an error for the caller.
+The route's policy picks the version that answers (and why); the served answer depends only on
+that version's pool. Shadow calls start after the answer is ready, run as detached tasks with
+their own timeout and in-flight cap, and can only ever produce an event and a metric, never an
+error for the caller. What was served is remembered for the feedback join.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -18,9 +20,10 @@ from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_r
 from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable
 from gateway.events.shipper import EventShipper
 from gateway.events.records import new_id, sampled
+from gateway.feedback.hub import FeedbackHub
 from gateway.models.repository import ModelVersion
 from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
-from gateway.routing.shadow import Plan, ShadowCall, ShadowPolicy
+from gateway.routing import Plan, Policy, ShadowCall, experiment_name
 
 log = logging.getLogger("gateway.service")
 Action = tuple[str, dict[str, np.ndarray]]  # (served version, its first output): what the caller got
@@ -31,10 +34,14 @@ class DeployedModel:
     name: str
     versions: dict[str, ModelVersion]
     pools: dict[str, WorkerPool]
-    policy: ShadowPolicy
+    policy: Policy  # replaced whole by the admin API; a request keeps the one it started with
     timeout: float  # seconds, for the served answer
     log_sample_rate: float = 1.0
     shadow_in_flight: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def experiment(self) -> str:
+        return experiment_name(self.name, self.policy.route)
 
 
 @dataclass
@@ -46,9 +53,11 @@ class Outcome:
 
 
 class ScoringService:
-    def __init__(self, models: dict[str, DeployedModel], events: EventShipper | None, instance: str, max_rows: int):
+    def __init__(self, models: dict[str, DeployedModel], events: EventShipper | None, instance: str, max_rows: int,
+                 feedback: FeedbackHub | None = None):
         self.models = models
         self.events = events
+        self.feedback = feedback
         self.instance = instance
         self.max_rows = max_rows
         self._background: set[asyncio.Task] = set()
@@ -83,7 +92,7 @@ class ScoringService:
         metrics.SCORING_LATENCY.labels(deployed.name, version, role).observe(outcome.latency_ms / 1e3)
         return outcome
 
-    def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, request_id: str,
+    def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, reason: str, request_id: str,
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
         if self.events is None or not sampled(request_id, deployed.log_sample_rate):
             return
@@ -94,35 +103,53 @@ class ScoringService:
             arrays.update((f"action/{n}", a) for n, a in action[1].items())
         self.events.log({
             "ts": time.time(), "request_id": request_id, "model_name": deployed.name, "model_version": version,
-            "role": role, "route": plan.policy, "served": version == plan.serve and role != "challenger",
+            "role": role, "route": plan.policy, "arm": version, "reason": reason,
+            "served": version == plan.serve and role != "challenger",
             "status": outcome.status, "error": outcome.error, "latency_ms": outcome.latency_ms,
             "instance": self.instance, "sample_rate": deployed.log_sample_rate,
             "action_version": action[0] if action else None,
         }, arrays)
 
-    async def infer(self, name: str, version: str | None, body: bytes) -> bytes:
+    async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)
+        policy = deployed.policy
         if version is None:
-            plan, role = deployed.policy.plan(), "champion"
+            served_spec = deployed.versions[policy.default_version]  # a route's versions share one signature
         else:
-            self.version(name, version)
-            plan, role = Plan("direct", version), "direct"
-        served = deployed.versions[plan.serve]
-        request = decode_infer_request(body, served.inputs, served.outputs, self.max_rows)
+            served_spec = self.version(name, version)
+        request = decode_infer_request(body, served_spec.inputs, served_spec.outputs, self.max_rows)
+        plan = policy.plan(self._key(policy, request, headers)) if version is None else \
+            Plan("direct", version, "direct", "direct")
         request_id = request.id or new_id()
-        outcome = await self._score(deployed, plan.serve, role, request, deployed.timeout)
+        outcome = await self._score(deployed, plan.serve, plan.role, request, deployed.timeout)
+        policy.observe(plan.serve, outcome.status == "ok", outcome.latency_ms)
         if outcome.prediction is None:
-            self._log(deployed, plan.serve, role, plan, request_id, request, outcome, None)
+            self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, None)
             raise {"timeout": TimedOut, "error": ModelFailed, "unavailable": Unavailable}[outcome.status](
                 f"model_{outcome.status}", f"model '{name}' version '{plan.serve}': {outcome.error}",
                 request_id=request_id)
         outputs = outcome.prediction.outputs
+        served = deployed.versions[plan.serve]
         first = served.outputs[0].name if served.outputs else next(iter(outputs))
         action = (plan.serve, {first: outputs[first]})  # what the caller got: the served first output
-        self._log(deployed, plan.serve, role, plan, request_id, request, outcome, action)
+        self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, action)
+        if self.feedback is not None and version is None:
+            self.feedback.remember(request_id, name, deployed.experiment, plan.policy, plan.serve, plan.reason,
+                                   outputs[first])
         for call in plan.shadows:
             self._start_shadow(deployed, call, plan, request_id, request, action)
         return encode_infer_response(name, plan.serve, request_id, outputs, request.requested_outputs)
+
+    @staticmethod
+    def _key(policy: Policy, request: InferRequest, headers: Mapping[str, str] | None) -> str | None:
+        """The stickiness key: a request parameter, else a header, else none (random)."""
+        sticky = policy.sticky
+        if sticky is None:
+            return None
+        key = request.parameters.get(sticky.parameter) if sticky.parameter else None
+        if key is None and sticky.header and headers is not None:
+            key = headers.get(sticky.header)
+        return None if key is None else str(key)
 
     def _start_shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
                       request: InferRequest, action: Action) -> None:
@@ -140,7 +167,12 @@ class ScoringService:
                       request: InferRequest, action: Action) -> None:
         try:
             outcome = await self._score(deployed, call.version, "challenger", request, call.timeout)
-            self._log(deployed, call.version, "challenger", plan, request_id, request, outcome, action)
+            self._log(deployed, call.version, "challenger", plan, "shadow", request_id, request, outcome, action)
+            if self.feedback is not None and outcome.prediction is not None:
+                first = next(iter(action[1]))
+                prediction = outcome.prediction.outputs.get(first)
+                if prediction is not None:
+                    self.feedback.add_prediction(request_id, call.version, prediction)
         except Exception:  # a shadow must never take anything else down with it
             log.exception("shadow call to %s/%s failed unexpectedly", deployed.name, call.version)
         finally:

@@ -38,7 +38,7 @@ def test_numbers_as_version_names_are_accepted(tmp_path):
 
 
 @pytest.mark.parametrize("text, key, hint", [
-    (GOOD.replace("champion: 1", "champion: 3"), "models.wine", "route.champion '3' is not one of versions: 1, 2"),
+    (GOOD.replace("champion: 1", "champion: 3"), "models.wine", "route.champion '3' is not one of the deployed versions: 1, 2"),
     (GOOD.replace("fraction: 0.1", "fraction: 1.5"), "models.wine.route.challengers.0.fraction", "less than or equal to 1"),
     (GOOD.replace("workers: 2", "wokers: 2"), "models.wine.versions.1.wokers", "unknown key"),
     (GOOD + "kafka: {compression: snappy}\n", "kafka.compression", "'lz4'"),
@@ -63,7 +63,7 @@ def test_serve_exits_with_the_message_before_serving(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path)],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 2
-    assert "configuration error" in result.stderr and "champion '7'" in result.stderr
+    assert "configuration error" in result.stderr and "route.champion '7'" in result.stderr
 
 
 def test_a_missing_model_version_names_the_file_to_build(tmp_path):

@@ -91,7 +91,7 @@ async def model_metadata(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     name, version = request.match_info["name"], request.match_info.get("version")
     deployed = service.model(name)
-    mv = service.version(name, version or deployed.policy.champion)
+    mv = service.version(name, version or deployed.policy.default_version)
     return _json(_model_meta(mv, sorted(deployed.versions)))
 
 
@@ -110,7 +110,8 @@ async def model_ready(request: web.Request) -> web.Response:
 
 async def infer(request: web.Request) -> web.Response:
     body = await request.read()
-    result = await request.app[SERVICE].infer(request.match_info["name"], request.match_info.get("version"), body)
+    result = await request.app[SERVICE].infer(request.match_info["name"], request.match_info.get("version"), body,
+                                              request.headers)
     return web.Response(body=result, content_type=JSON)
 
 

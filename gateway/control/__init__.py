@@ -1,0 +1,1 @@
+"""Runtime control: route changes by admin call, config reload, and their audit trail."""

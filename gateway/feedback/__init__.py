@@ -1,0 +1,1 @@
+"""Ground truth and rewards: remembered predictions, the join, and the feedback topic."""
