@@ -14,8 +14,24 @@ from gateway.experiments.bandits import (
     UCB1,
     make_policy,
 )
+from gateway.experiments.stats import (
+    ABDesign,
+    ArmCounts,
+    ab_result,
+    ab_sample_size,
+    ab_sample_size_means,
+    arm_summary,
+    paired_comparison,
+)
 
 __all__ = [
+    "ABDesign",
+    "ArmCounts",
+    "ab_result",
+    "ab_sample_size",
+    "ab_sample_size_means",
+    "arm_summary",
+    "paired_comparison",
     "POLICIES",
     "ArmStats",
     "BanditPolicy",

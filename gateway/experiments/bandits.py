@@ -82,12 +82,16 @@ class BanditState:
     def arms(self) -> list[str]:
         return sorted(self._arms)
 
+    def add(self, other: BanditState) -> None:
+        """Absorb another state's feedback in place (objects sharing this state see it)."""
+        for arm, stats in other._arms.items():
+            self._arms[arm] = self._arms.get(arm, _EMPTY) + stats
+
     def merge(self, other: BanditState) -> BanditState:
         """A new state holding both states' feedback (for replicas that each saw part of it)."""
-        merged = dict(self._arms)
-        for arm, stats in other._arms.items():
-            merged[arm] = merged.get(arm, _EMPTY) + stats
-        return BanditState(merged)
+        merged = self.copy()
+        merged.add(other)
+        return merged
 
     def copy(self) -> BanditState:
         return BanditState(self._arms)
@@ -132,8 +136,8 @@ class BanditPolicy:
         self.state.record(arm, reward)
 
     def merge(self, other: BanditPolicy | BanditState) -> None:
-        """Add another replica's feedback to this policy's state."""
-        self.state = self.state.merge(other.state if isinstance(other, BanditPolicy) else other)
+        """Add another replica's feedback to this policy's state, in place."""
+        self.state.add(other.state if isinstance(other, BanditPolicy) else other)
 
     def _check_reward(self, reward: float) -> None:
         if not math.isfinite(reward):
@@ -384,8 +388,7 @@ class ThompsonGaussian(_Thompson):
 
     def mean_marginal(self, stats: ArmStats) -> tuple[float, float, float]:
         """(df, loc, scale) of the Student-t posterior of the arm's mean reward."""
-        mu, kappa, alpha, beta = self.nig_params(stats)
-        return 2.0 * alpha, mu, math.sqrt(beta / (alpha * kappa))
+        return nig_mean_marginal(*self.nig_params(stats))
 
     def _draw(self, stats: ArmStats, rng: np.random.Generator) -> float:
         df, loc, scale = self.mean_marginal(stats)
@@ -426,6 +429,11 @@ def nig_posterior(
     alpha = alpha0 + n / 2.0
     beta = beta0 + stats.centred_sq_sum / 2.0 + kappa0 * n * (m - mu0) ** 2 / (2.0 * kappa)
     return mu, kappa, alpha, beta
+
+
+def nig_mean_marginal(mu: float, kappa: float, alpha: float, beta: float) -> tuple[float, float, float]:
+    """(df, loc, scale) of the Student-t marginal of the mean under NIG(mu, kappa, alpha, beta)."""
+    return 2.0 * alpha, mu, math.sqrt(beta / (alpha * kappa))
 
 
 POLICIES: dict[str, type[BanditPolicy]] = {

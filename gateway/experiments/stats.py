@@ -77,13 +77,8 @@ def ab_sample_size(
     from statsmodels.stats.proportion import proportion_effectsize
 
     _check_probability("baseline", baseline)
-    _check_probability("alpha", alpha)
-    _check_probability("power", power)
-    _check_alternative(alternative)
-    if mde_type not in ("absolute", "relative"):
-        raise ValueError(f"mde_type must be 'absolute' or 'relative', got {mde_type!r}")
-    target = baseline * (1.0 + mde) if mde_type == "relative" else baseline + mde
-    if not 0.0 < target < 1.0 or target == baseline:
+    target = _shifted(baseline, mde, mde_type)
+    if not 0.0 < target < 1.0:
         raise ValueError(f"baseline {baseline} with mde {mde} ({mde_type}) gives target rate {target}, not in (0, 1)")
     h = float(proportion_effectsize(target, baseline))
     n = _solve_n(NormalIndPower(), h, alpha, power, alternative)
@@ -105,18 +100,26 @@ def ab_sample_size_means(
 
     if sd <= 0:
         raise ValueError(f"sd must be > 0, got {sd}")
-    _check_probability("alpha", alpha)
-    _check_probability("power", power)
-    _check_alternative(alternative)
-    delta = baseline_mean * mde if mde_type == "relative" else mde
-    if delta == 0:
-        raise ValueError("the minimum detectable effect must not be zero")
-    d = delta / sd
+    target = _shifted(baseline_mean, mde, mde_type)
+    d = (target - baseline_mean) / sd
     n = _solve_n(TTestIndPower(), d, alpha, power, alternative)
-    return ABDesign(baseline_mean, baseline_mean + delta, mde, mde_type, alpha, power, alternative, d, n, "mean")
+    return ABDesign(baseline_mean, target, mde, mde_type, alpha, power, alternative, d, n, "mean")
+
+
+def _shifted(baseline: float, mde: float, mde_type: str) -> float:
+    """The treatment's value at the minimum detectable effect."""
+    if mde_type not in ("absolute", "relative"):
+        raise ValueError(f"mde_type must be 'absolute' or 'relative', got {mde_type!r}")
+    target = baseline * (1.0 + mde) if mde_type == "relative" else baseline + mde
+    if target == baseline:
+        raise ValueError("the minimum detectable effect must not be zero")
+    return target
 
 
 def _solve_n(analysis: Any, effect: float, alpha: float, power: float, alternative: str) -> int:
+    _check_probability("alpha", alpha)
+    _check_probability("power", power)
+    _check_alternative(alternative)
     # statsmodels' one-sided "larger" needs a positive effect; a two-sided test is symmetric.
     effect = abs(effect) if alternative == "two-sided" else effect
     if alternative == "smaller":
