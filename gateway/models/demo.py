@@ -94,40 +94,16 @@ def train_demo_models(
     ]
 
 
-def _f32(values: np.ndarray) -> list[float]:
-    """The exact FP32 values the model saw, as JSON floats."""
-    return [float(v) for v in np.asarray(values, dtype=np.float32)]
-
-
-def _numeric(values: np.ndarray) -> dict[str, Any]:
-    sample = np.sort(np.asarray(values, dtype=np.float32)).astype(np.float64)
-    return {
-        "kind": "numeric",
-        "sample": _f32(sample),
-        "quantile_edges": [float(q) for q in np.quantile(sample, np.linspace(0.0, 1.0, 11))],
-        "mean": float(sample.mean()),
-        "std": float(sample.std()),
-        "min": float(sample[0]),
-        "max": float(sample[-1]),
-    }
-
-
 def _reference(x: np.ndarray, label: np.ndarray, proba: np.ndarray, classes: list[int],
-               label_name: str, proba_name: str) -> dict[str, Any]:
-    """Drift detection compares live traffic against these, never against the training data."""
-    outputs: dict[str, Any] = {
-        label_name: {
-            "kind": "categorical",
-            "frequencies": {str(c): float(np.mean(label == c)) for c in classes},
-        }
-    }
+               label_name: str, proba_name: str, seed: int) -> dict[str, Any]:
+    """Compiled once here, so drift detection never rescans the training data (docs/drift.md)."""
+    from gateway.drift.reference import compile_reference
+
+    outputs: dict[str, np.ndarray] = {label_name: label}
     for column, c in enumerate(classes):
-        outputs[f"{proba_name}[{c}]"] = _numeric(proba[:, column])
-    return {
-        "n": len(x),
-        "inputs": {name: _numeric(x[:, i]) for i, name in enumerate(FEATURE_NAMES)},
-        "outputs": outputs,
-    }
+        outputs[f"{proba_name}[{c}]"] = proba[:, column]
+    # FP32 values exactly as the model saw them, widened to float64 for JSON.
+    return compile_reference(x.astype(np.float32), FEATURE_NAMES, outputs, classes=classes, seed=seed)
 
 
 def _json_params(estimator: Any) -> dict[str, Any]:
@@ -204,7 +180,7 @@ def build_demo_repository(
                 "train_accuracy": float(np.mean(label == y)),
                 "cv5_accuracy": float(cv.mean()),
             },
-            "reference": _reference(x, label, proba, classes, label_out.name, proba_out.name),
+            "reference": _reference(x, label, proba, classes, label_out.name, proba_out.name, seed),
         }
         _write_atomic(directory / METADATA_FILE, orjson.dumps(meta, option=orjson.OPT_INDENT_2))
         built.append(model.version)
