@@ -184,7 +184,8 @@ class DriftMonitor:
             return 0
         history = (progress.history + ("1" if report["drift"] else "0"))[-self.config.alarm_n:]
         drifted = history.count("1")
-        active = drifted >= self.config.alarm_k
+        # Raised at k of the last n; cleared only when none of the last n drifted (no flapping).
+        active = drifted >= self.config.alarm_k or (progress.active and drifted > 0)
         report["alarm"] = {"k": self.config.alarm_k, "n": self.config.alarm_n,
                            "drifted_in_last_n": drifted, "active": active}
         alert = None
