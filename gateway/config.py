@@ -214,11 +214,12 @@ def unknown_version_message(route: Any, versions: Any) -> None:
 
 class AdminConfig(_Strict):
     """The admin API. Tokens map a caller's name (recorded in audit events) to its secret."""
-    tokens: dict[str, str] = Field({}, description="name -> token; write tokens as ${ENV_VAR}, never literally")
+    tokens: dict[str, str | None] = Field({}, description="name -> token; write tokens as ${ENV_VAR}, never literally")
 
     @field_validator("tokens")
     @classmethod
-    def _long_enough(cls, value: dict[str, str]) -> dict[str, str]:
+    def _long_enough(cls, value: dict[str, str | None]) -> dict[str, str]:
+        value = {name: token for name, token in value.items() if token}  # ${UNSET:-} leaves that name out
         short = [name for name, token in value.items() if len(token) < 16]
         if short:
             raise ValueError(f"tokens for {', '.join(short)} are shorter than 16 characters; use long random tokens")
