@@ -228,7 +228,7 @@ class AdminConfig(_Strict):
 
 class FeedbackConfig(_Strict):
     """Joining ground truth to predictions: how much the gateway remembers, and for how long."""
-    max_pending: int = Field(200_000, ge=1, description="predictions kept for joining; the oldest go first")
+    max_pending: int = Field(100_000, ge=1, description="predictions kept for joining (~0.7 KB each); the oldest go first")
     ttl_seconds: float = Field(3600.0, gt=0, description="feedback later than this after the prediction is not joined")
     max_records: int = Field(10_000, ge=1, description="records in one feedback request")
 

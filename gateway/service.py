@@ -135,7 +135,7 @@ class ScoringService:
         self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, action)
         if self.feedback is not None and version is None:
             self.feedback.remember(request_id, name, deployed.experiment, plan.policy, plan.serve, plan.reason,
-                                   outputs[first])
+                                   outputs[first].copy())  # a copy: a view would pin the worker's whole batch
         for call in plan.shadows:
             self._start_shadow(deployed, call, plan, request_id, request, action)
         return encode_infer_response(name, plan.serve, request_id, outputs, request.requested_outputs)
@@ -172,7 +172,7 @@ class ScoringService:
                 first = next(iter(action[1]))
                 prediction = outcome.prediction.outputs.get(first)
                 if prediction is not None:
-                    self.feedback.add_prediction(request_id, call.version, prediction)
+                    self.feedback.add_prediction(request_id, call.version, prediction.copy())
         except Exception:  # a shadow must never take anything else down with it
             log.exception("shadow call to %s/%s failed unexpectedly", deployed.name, call.version)
         finally:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     model: str
     experiment: str
