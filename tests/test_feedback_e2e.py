@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from gateway.models.demo import labelled_wine_rows
-from tests.conftest import read_topic
+from tests.conftest import metric, read_topic
 from tests.test_experiments_e2e import experiment_config, send
 from tests.test_gateway_e2e import infer_body, onnx_outputs
 
@@ -65,6 +65,8 @@ async def test_ground_truth_joins_predictions_and_drives_the_paired_comparison(
         await producer.stop()
         stats = await wait_for(lambda s: s["arms"]["1"]["count"] == len(rows), session,
                                f"{gateway.url}/experiments/wine")
+    scraped_feedback = await metric(gateway.url, "gateway_experiment_feedback", arm="1")
+    scraped_accuracy = await metric(gateway.url, "gateway_experiment_accuracy", arm="1")
     assert status == 202 and accepted["joined"] == len(rows) - 1 and accepted["forwarded"] == 1
     assert bad[0] == 400 and bad[1]["code"] == "invalid_feedback"
     assert wrong_rows[0] == 422 and "1 rows" in wrong_rows[1]["errors"][0]["error"]
@@ -72,6 +74,7 @@ async def test_ground_truth_joins_predictions_and_drives_the_paired_comparison(
     accuracy = {v: float(np.mean(expected[v] == labels)) for v in expected}
     assert stats["arms"]["1"]["count"] == len(rows)
     assert stats["arms"]["1"]["accuracy"] == pytest.approx(accuracy["1"])
+    assert scraped_feedback == len(rows) and scraped_accuracy == pytest.approx(accuracy["1"])
     paired = stats["champion_challenger"]["2_vs_1"]
     assert paired["n"] == len(rows)
     assert paired["mean_champion_loss"] == pytest.approx(1 - accuracy["1"])
@@ -131,3 +134,4 @@ async def test_bandit_state_is_shared_by_replicas_and_survives_a_restart(
     assert total(stats_b_now) == 600
     assert posterior(stats_a_restarted) == posterior(stats_b_now)
     assert stats_a_restarted["bandit"]["allocation"]["2"] > 0.9
+    assert await metric(replica_a.url, "gateway_bandit_allocation", arm="2") > 0.9
