@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import signal
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.models.repository import ModelRepository
 from .classifier import domain_classifier
 from .metrics import DriftMetrics
 from .monitor import DriftMonitor, Outgoing
+from .report import summary
 from .reference import ReferenceStore
 
 if TYPE_CHECKING:
@@ -45,6 +47,10 @@ class DriftSettings(DriftConfig):
     events_topic: str = "scoring.events"
     reports_topic: str = "scoring.drift"
     model_repository: Path = Path("models")
+    # Publish reports and commit offsets in one Kafka transaction (exactly-once for read_committed
+    # readers); False: publish, then commit (at-least-once: a crash between them repeats reports).
+    transactional: bool = True
+    transaction_timeout_ms: int = 10_000  # how long a killed consumer's open transaction holds readers
 
 
 class _WarningLimiter:
@@ -125,7 +131,10 @@ class DriftConsumer:
                  s.events_topic, s.reports_topic, s.group_id,
                  ",".join(f"{n}/{v}" for n, v in self.references.repository.list()) or "(none)",
                  s.window_by, s.window_size, s.window_slide or "tumbling")
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all", enable_idempotence=True)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers, acks="all", enable_idempotence=True,
+            transactional_id=f"{s.group_id}.{uuid.uuid4().hex}" if s.transactional else None,
+            transaction_timeout_ms=s.transaction_timeout_ms)
         self._admin = AIOKafkaAdminClient(bootstrap_servers=s.bootstrap_servers)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
@@ -181,44 +190,72 @@ class DriftConsumer:
             log.info("drift consumer skipped events: %s", dict(sorted(self.skipped.items())))
 
     async def _flush(self) -> None:
-        """Publish what is ready, in order, and then commit the partitions' checkpoints."""
+        """Publish what is ready, in order, then commit the partitions' checkpoints; with
+        `transactional`, both in one transaction, so a crash never leaves reports uncommitted."""
+        assert self._producer is not None and self._consumer is not None
         ready = self.monitor.ready()
-        if ready:
+        if not self.settings.transactional:
             await self._publish(ready)
-        await self._commit()
+            await self._commit()
+            return
+        offsets = self._checkpoints(ready)
+        if not ready and not offsets:
+            return
+        async with self._producer.transaction():
+            records = await self._send(ready)
+            if offsets:
+                await self._producer.send_offsets_to_transaction(
+                    {TopicPartition(self.settings.events_topic, p): c for p, c in offsets.items()}, self.settings.group_id)
+        self._published(ready, records)
+        self._committed.update(offsets)
 
-    async def _publish(self, items: list[Outgoing]) -> None:
+    def _checkpoints(self, ready: list[Outgoing]) -> dict[int, tuple[int, str]]:
+        """The changed checkpoints of every partition, as they will be once `ready` is published."""
+        for item in ready:
+            self.monitor.published(item)
+        offsets = {}
+        for p in list(self.monitor.partitions):
+            checkpoint = self.monitor.checkpoint(p)
+            if checkpoint is not None and self._committed.get(p) != checkpoint:
+                offsets[p] = checkpoint
+        return offsets
+
+    async def _send(self, items: list[Outgoing]) -> list[dict]:
         assert self._producer is not None
-        futures = []
+        futures, records = [], []
         for item in items:
             for record in item.records():
                 key = f"{record['model_name']}/{record['model_version']}".encode()
                 futures.append(await self._producer.send(self.settings.reports_topic, orjson.dumps(record), key=key))
+                records.append(record)
         await asyncio.gather(*futures)
-        for item in items:
-            for record in item.records():
-                if record["type"] == "drift_report":
-                    self.reports_published += 1
-                    self.metrics.observe(record)
-                else:
-                    self.alerts_published += 1
-                    log.warning("drift alert: %s/%s %s (%d of the last %d windows drifted; partition %d)",
-                                record["model_name"], record["model_version"], record["state"],
-                                record["drifted_windows"], record["n"], record["partition"])
-            self.monitor.published(item)
+        return records
 
-    async def _commit(self, partitions: set[int] | None = None) -> None:
+    def _published(self, items: list[Outgoing], records: list[dict]) -> None:
+        for record in records:
+            if record["type"] == "drift_report":
+                self.reports_published += 1
+                self.metrics.observe(record)
+                log.info("%s", summary(record))
+            else:
+                self.alerts_published += 1
+                log.warning("drift alert: %s/%s %s (%d of the last %d windows drifted; partition %d)",
+                            record["model_name"], record["model_version"], record["state"],
+                            record["drifted_windows"], record["n"], record["partition"])
+
+    async def _publish(self, items: list[Outgoing]) -> None:
+        records = await self._send(items)
+        for item in items:
+            self.monitor.published(item)
+        self._published(items, records)
+
+    async def _commit(self) -> None:
         assert self._consumer is not None
-        topic = self.settings.events_topic
-        offsets = {}
-        for p in (partitions if partitions is not None else list(self.monitor.partitions)):
-            checkpoint = self.monitor.checkpoint(p)
-            if checkpoint is not None and self._committed.get(p) != checkpoint:
-                offsets[p] = checkpoint
+        offsets = self._checkpoints([])
         if not offsets:
             return
         try:
-            await self._consumer.commit({TopicPartition(topic, p): c for p, c in offsets.items()})
+            await self._consumer.commit({TopicPartition(self.settings.events_topic, p): c for p, c in offsets.items()})
         except (CommitFailedError, IllegalStateError) as exc:
             # The group is rebalancing: whoever gets these partitions re-reads from the last commit.
             log.warning("drift: offset commit failed (%s); events since the last commit will be re-read", exc)

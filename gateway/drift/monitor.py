@@ -25,7 +25,7 @@ from gateway.config import DriftConfig
 from .classifier import ClassifierSettings
 from .decode import NO_TS, Block, KafkaRecord, decode_partition
 from .reference import Reference, ReferenceStore
-from .report import build_alert, build_report, summary
+from .report import build_alert, build_report
 from .scores import Thresholds, evaluate_columns
 from .window import ClosedWindow, PartitionWindows
 
@@ -247,8 +247,6 @@ class DriftMonitor:
             return  # revoked meanwhile: the new owner rebuilds it
         part.outbox.popleft()
         part.published[item.key] = item.progress
-        if item.report is not None:
-            log.info("%s", summary(item.report))
 
     def checkpoint(self, partition: int) -> tuple[int, str] | None:
         """The offset to commit and its metadata: everything below it is reported or skipped."""

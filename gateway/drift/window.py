@@ -216,7 +216,7 @@ class PartitionWindows:
 
     def _add_by_time(self, block, state, row_ends, priorities, max_ts_before) -> None:
         index = block.ts_ms // self.slide
-        late = (index + 1) * self.slide <= max_ts_before - self.lateness_ms
+        late = (index + 1) * self.slide + self.lateness_ms <= max_ts_before  # no overflow at NO_TS
         self.late_events += int(late.sum())
         row_starts = row_ends - block.rows_per_event
         # Runs of consecutive on-time events in one pane are added as one slice.
