@@ -8,7 +8,7 @@ MODELS := models/wine/1/model.json
 KAFKA := deploy/kafka/kafka.sh
 PYTEST_ARGS ?=
 
-.PHONY: install tools kafka models run test bench clean
+.PHONY: install tools kafka models run test bench bench-logging clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ test: install kafka tools
 
 bench: install models kafka tools
 	deploy/with-kafka.sh $(BIN)/python -m loadtests.bench
+
+# Event logging on vs off (demo config, shadow challenger): CPU per request and closed-loop
+# throughput, alternated rounds; method and results in docs/benchmarks/logging-cost.md.
+bench-logging: install models kafka
+	deploy/with-kafka.sh $(BIN)/python -m loadtests.logging_cost --quiet-wait 30 --out docs/benchmarks/logging-cost.json
 
 clean:
 	rm -rf $(VENV) .cache models

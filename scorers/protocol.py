@@ -48,20 +48,30 @@ def decode_arrays(meta: dict[str, Any], body: memoryview | bytes) -> dict[str, n
     return arrays
 
 
-def split_frames(buf: bytearray) -> tuple[list[tuple[dict[str, Any], bytes]], int]:
-    """All complete frames at the front of `buf`, and how many bytes they used."""
-    frames: list[tuple[dict[str, Any], bytes]] = []
+def split_frames(buf: bytearray | bytes, copy: bool = True) -> tuple[list[tuple[dict[str, Any], bytes | memoryview]], int]:
+    """All complete frames at the front of `buf`, and how many bytes they used.
+
+    Bodies are copies, so `buf` can be trimmed afterwards; with `copy=False` (for an immutable
+    `bytes` buffer) they are views into it, which saves a copy per frame.
+    """
+    frames: list[tuple[dict[str, Any], bytes | memoryview]] = []
+    view = memoryview(buf)
     pos = 0
     size = len(buf)
-    while size - pos >= HEADER.size:
-        meta_len, body_len = HEADER.unpack_from(buf, pos)
-        if meta_len + body_len > MAX_FRAME:
-            raise ValueError(f"frame of {meta_len + body_len} bytes exceeds the {MAX_FRAME} limit")
-        end = pos + HEADER.size + meta_len + body_len
-        if end > size:
-            break
-        start = pos + HEADER.size
-        meta = orjson.loads(bytes(buf[start : start + meta_len]))
-        frames.append((meta, bytes(buf[start + meta_len : end])))
-        pos = end
+    try:
+        while size - pos >= HEADER.size:
+            meta_len, body_len = HEADER.unpack_from(buf, pos)
+            if meta_len + body_len > MAX_FRAME:
+                raise ValueError(f"frame of {meta_len + body_len} bytes exceeds the {MAX_FRAME} limit")
+            end = pos + HEADER.size + meta_len + body_len
+            if end > size:
+                break
+            start = pos + HEADER.size
+            meta = orjson.loads(view[start : start + meta_len])
+            body = view[start + meta_len : end]
+            frames.append((meta, bytes(body) if copy else body))
+            pos = end
+    finally:
+        if copy:
+            view.release()  # else a bytearray could not be trimmed
     return frames, pos

@@ -15,19 +15,63 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
+from collections import deque
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
+from aiokafka import codec
+from aiokafka.record import default_records
 
 from . import metrics
-
 from .records import to_wire
 from .spool import DiskSpool, WireRecord
 from .topics import ensure_topics
 
 log = logging.getLogger("gateway.events")
+
+
+def _fast_lz4(payload: Any, level: int = 0) -> bytes:
+    return codec.lz4_encode(payload, 0)
+
+
+def use_fast_lz4() -> None:
+    """aiokafka compresses lz4 batches at level 9 (LZ4-HC) and offers no setting for it: on event
+    batches that is 3x the CPU of the default level 0 for 5-10% smaller batches. Any level
+    makes the same lz4 frames for the broker and consumers."""
+    default_records.lz4_encode = _fast_lz4
+    try:
+        from aiokafka.record._crecords import default_records as c_records  # the C batch builder
+    except ImportError:
+        return
+    c_records.lz4_encode = _fast_lz4
+
+
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as aiokafka's, but reading
+    the key a 32-bit word at a time: a quarter of the Python operations per key."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length // 4
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail:
+        base = words * 4
+        if tail >= 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h = ((h ^ data[base]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 class _Partitioner:
@@ -49,7 +93,7 @@ class _Partitioner:
 
 
 class EventLogger:
-    DRAIN_BATCH = 500  # records serialised and sent per turn of the drain loop
+    DRAIN_BATCH = 2000  # records packed into Kafka batches and sent per turn of the drain loop
     MAX_EVENT_BYTES = 1_000_000  # the broker's default message.max.bytes, with room for headers
 
     def __init__(
@@ -79,7 +123,10 @@ class EventLogger:
         )
         self._producer: AIOKafkaProducer | None = None
         self._partitioner: _Partitioner | None = None  # learnt from each new producer's metadata
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=queue_size)
+        # Records already serialised (WireRecords), so the drain only packs them into batches.
+        self._queue: deque[WireRecord] = deque()
+        self._queue_size = queue_size
+        self._queued = asyncio.Event()
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float]] = {}
         self._in_flight_records = 0
         self._abandoned: dict[asyncio.Future, int] = {}
@@ -96,19 +143,28 @@ class EventLogger:
 
     def log(self, record: dict[str, Any]) -> None:
         """Never blocks: queue it, or spool it when the queue is full."""
+        self.log_wires([to_wire(record, self.topic)])
+
+    def log_wires(self, wires: list[WireRecord]) -> None:
+        """Never blocks: queues records already serialised (a burst at a time: the bookkeeping is
+        per call, not per record); what does not fit in the queue goes to the spool."""
         if self._closing:
-            self._to_spool([to_wire(record, self.topic)])
+            self._to_spool(wires)
             return
-        try:
-            self._queue.put_nowait(record)
-            self._count["queued"].inc()
-        except asyncio.QueueFull:  # Kafka is not keeping up: the spool takes over
-            self._enter_spooling([to_wire(record, self.topic)])
+        room = self._queue_size - len(self._queue)
+        if room > 0:
+            accepted = wires if len(wires) <= room else wires[:room]
+            self._queue.extend(accepted)
+            self._count["queued"].inc(len(accepted))
+            self._queued.set()
+        if room < len(wires):  # Kafka is not keeping up: the spool takes over
+            self._enter_spooling(wires[max(room, 0):])
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Returns at once: connecting to Kafka happens in the background, spooling meanwhile."""
+        use_fast_lz4()
         self._tasks = [asyncio.create_task(t) for t in (self._connect(), self._drain(), self._watch(), self._replay())]
 
     async def stop(self, timeout: float = 15.0) -> None:
@@ -116,15 +172,14 @@ class EventLogger:
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (not self._queue.empty() or self._in_flight or (self._spooling and not self.spool.drained
+        while (self._queue or self._in_flight or (self._spooling and not self.spool.drained
                and self._producer is not None)) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        leftover = []
-        while not self._queue.empty():
-            leftover.append(to_wire(self._queue.get_nowait(), self.topic))
+        leftover = list(self._queue)
+        self._queue.clear()
         self._to_spool(self._take_in_flight() + leftover)
         if self._producer is not None:
             await self._close(self._producer)
@@ -222,15 +277,26 @@ class EventLogger:
                 start = end
         return sent
 
+    def _take(self, limit: int) -> list[WireRecord]:
+        queue = self._queue
+        if len(queue) <= limit:
+            taken = list(queue)
+            queue.clear()
+        else:
+            taken = [queue.popleft() for _ in range(limit)]
+        if not queue:
+            self._queued.clear()
+        return taken
+
     async def _drain(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            if self._queue.qsize() < self.DRAIN_BATCH:
+            await self._queued.wait()
+            if len(self._queue) < self.DRAIN_BATCH:
                 await asyncio.sleep(self.linger)  # gather more: fewer, fuller Kafka batches
-            while not self._queue.empty() and len(batch) < self.DRAIN_BATCH:
-                batch.append(self._queue.get_nowait())
-            metrics.EVENT_QUEUE_DEPTH.set(self._queue.qsize())
-            wires = self._fitting([to_wire(r, self.topic) for r in batch])
+            wires = self._fitting(self._take(self.DRAIN_BATCH))
+            metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
+            if not wires:
+                continue
             if self._spooling or self._producer is None or self._in_flight_records >= self.max_in_flight:
                 self._enter_spooling(wires)
                 continue
@@ -280,7 +346,7 @@ class EventLogger:
             if self._in_flight and now - min(t for _, t in self._in_flight.values()) > self.stall_timeout:
                 self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])
             metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
-            metrics.EVENT_QUEUE_DEPTH.set(self._queue.qsize())
+            metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
 
     # -- spooling and replay ------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ FRAME = struct.Struct("<II")
 INNER = struct.Struct("<HH")
 
 
-@dataclass
+@dataclass(slots=True)
 class WireRecord:
     """One Kafka record as it is sent: topic, key, value and headers."""
     topic: str

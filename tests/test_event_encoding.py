@@ -1,0 +1,98 @@
+"""The shipper's fast paths give the same bytes as the plain ones: records built straight from
+frames, Kafka's murmur2 partitioning, lz4 batches at the fast level, the burst queue."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+
+from gateway.events.logger import EventLogger, murmur2, use_fast_lz4
+from gateway.events.records import scoring_event, scoring_event_from_frame, to_wire
+from gateway.events.spool import DiskSpool, WireRecord
+from scorers.protocol import decode_arrays, encode, split_frames
+
+
+def _event(rows: int, action: bool) -> tuple[dict, dict]:
+    rng = np.random.default_rng(rows)
+    arrays = {"inputs/input": rng.random((rows, 13), dtype=np.float32),
+              "inputs/flag": rng.integers(0, 2, rows).astype(np.bool_),
+              "outputs/label": rng.integers(0, 3, rows),
+              "outputs/probabilities": rng.random((rows, 3), dtype=np.float32)}
+    if action:
+        arrays["action/probabilities"] = arrays["outputs/probabilities"]
+    meta = {"ts": 1795642642.9961, "request_id": f"req-{rows}", "model_name": "wine", "model_version": "2",
+            "role": "challenger", "route": "shadow", "arm": "2", "reason": "shadow", "served": False,
+            "status": "ok", "error": None, "latency_ms": 1.23456, "instance": "host-1", "sample_rate": 0.5,
+            "action_version": "1" if action else None}
+    return meta, arrays
+
+
+def _without_id(value: bytes) -> dict:
+    record = orjson.loads(value)
+    assert len(record.pop("event_id")) == 32
+    return record
+
+
+@pytest.mark.parametrize("rows,action", [(1, True), (7, True), (2, False)])
+def test_record_from_frame_is_the_record_from_arrays(rows, action):
+    frame = encode(*_event(rows, action))
+    [(meta, body)], used = split_frames(frame, copy=False)
+    assert used == len(frame) and isinstance(body, memoryview)
+    plain = to_wire(scoring_event(meta, decode_arrays(meta, body)), "scoring.events")
+    fast = to_wire(scoring_event_from_frame(meta, body), "scoring.events")
+    assert _without_id(fast.value) == _without_id(plain.value)
+    assert fast.key == plain.key == f"req-{rows}".encode()
+    plain_headers, fast_headers = dict(plain.headers), dict(fast.headers)
+    assert plain_headers.pop("ce_id") != fast_headers.pop("ce_id")
+    assert fast_headers == plain_headers
+    assert [k for k, _ in fast.headers] == [k for k, _ in plain.headers]
+
+
+def test_split_frames_copies_unless_told_not_to():
+    frames = encode({"seq": 1}, {"x": np.arange(3)}) + encode({"seq": 2})
+    buffer = bytearray(frames + frames[:5])
+    parsed, used = split_frames(buffer)
+    del buffer[:used]  # copies: the buffer can be trimmed
+    assert [m["seq"] for m, _ in parsed] == [1, 2] and bytes(buffer) == frames[:5]
+    assert decode_arrays(*parsed[0])["x"].tolist() == [0, 1, 2]
+
+
+def test_murmur2_matches_kafkas():
+    rng = random.Random(3)
+    for length in range(0, 70):
+        for _ in range(20):
+            key = bytes(rng.getrandbits(8) for _ in range(length))
+            assert murmur2(key) == aiokafka_murmur2(key), key
+
+
+def test_fast_lz4_batches_decode_to_the_same_records():
+    use_fast_lz4()
+    batch = BatchBuilder(1 << 20, 3)  # 3: lz4
+    values = [orjson.dumps({"n": i, "pad": "x" * (i % 50)}) for i in range(200)]
+    for i, value in enumerate(values):
+        batch.append(key=str(i).encode(), value=value, timestamp=None, headers=[("h", b"v")])
+    records = list(MemoryRecords(bytes(batch._build())).next_batch())
+    assert [r.value for r in records] == values
+    assert [r.headers for r in records] == [[("h", b"v")]] * len(values)
+
+
+def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        logger = EventLogger("127.0.0.1:1", "scoring.events", DiskSpool(tmp_path, 1 << 20), queue_size=3)
+        wires = [WireRecord("scoring.events", b"k", str(i).encode(), []) for i in range(5)]
+        logger.log_wires(wires[:2])
+        logger.log_wires(wires[2:])  # one more fits; two go to the spool
+        queued = [w.value for w in logger._queue]
+        spooled, _ = logger.spool.read(10)
+        return queued, [w.value for w in spooled]
+
+    queued, spooled = asyncio.run(scenario())
+    assert queued == [b"0", b"1", b"2"]
+    assert spooled == [b"3", b"4"]
