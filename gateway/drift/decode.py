@@ -1,24 +1,29 @@
 """Scoring events -> numpy blocks, one partition batch at a time.
 
-This is the consumer's hot path. Per event it does only what cannot be vectorised: one
-`orjson.loads`, a few dict lookups and a `list.extend` of the tensor data. Conversion to numpy,
-the finiteness check and the split into prediction columns happen once per batch and model
-version. An event that does not fit the fast path (several rows with nested lists, say) takes
-the slow, fully checked path; an event that cannot be used at all is counted under a reason and
-skipped, never raised. Unknown fields (`arm`, `reason`, ...) and every `role` are accepted.
+This is the consumer's hot path, so the common case does no per-value Python work. For a record
+laid out as the gateway writes it (docs/events.md: header fields, then `inputs`, then `outputs`),
+only the header before `"inputs"` is parsed with orjson; the tensors' `data` lists are located
+by byte offsets after their tensor headers have been checked against the version's declared
+shapes (once per distinct header, cached), and the numbers of the whole batch are parsed by one
+`orjson.loads` per tensor. Anything else (other layouts, nested data, BYTES outputs, values that
+are not numbers) takes the slow path: the whole record parsed and checked event by event. An
+event that cannot be used at all is counted under a reason and skipped, never raised. Unknown
+fields (`arm`, `reason`, ...) and every `role` are accepted.
 """
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter, itemgetter
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 import orjson
 
-from .reference import CategoricalReference, Reference, ReferenceStore, ReferenceUnavailable
+from .reference import Reference, ReferenceStore, ReferenceUnavailable
 
 EVENT_SCHEMA_VERSION = 1
 # The model gave no answer: counted, not warned about (docs/drift.md).
@@ -72,17 +77,17 @@ class PartitionBatch:
 NO_TS = np.iinfo(np.int64).min
 
 
-class _Accumulator:
-    """Python lists for one model version, turned into arrays once per batch."""
-
-    __slots__ = ("ref", "inputs", "events", "outputs", "slow")
-
-    def __init__(self, ref: Reference):
-        self.ref = ref
-        self.inputs: list[float] = []
-        self.events: list[tuple[int, int, int, int]] = []  # (offset, ts_ms, rows, position)
-        self.outputs: dict[str, list[Any]] = {t: [] for t in ref.output_tensors}
-        self.slow: dict[int, tuple[np.ndarray, dict[str, np.ndarray | None]]] = {}  # event index -> arrays
+# Tensor header (the bytes between "{" and `"data":[`) -> (name, rows, values per row), per version.
+_TENSOR_HEADERS: dict[tuple[tuple[str, str], bytes], tuple[str, int, int] | None] = {}
+_MAX_TENSOR_HEADERS = 10_000
+INPUTS_KEY = b',"inputs":['
+MODEL_KEY = b',"model_name":"'
+PREFIX = b'{"schema_version":1,"event_id":"'
+PREFIX_KEYS = ["schema_version", "event_id", "timestamp", "ts_ms", "request_id"]
+TS_KEY, REQUEST_KEY = b',"ts_ms":', b',"request_id":"'
+DATA_KEY = b'"data":['
+_VALUE, _OFFSET = attrgetter("value"), attrgetter("offset")
+_HEADER_FIELDS = itemgetter("schema_version", "status", "model_name", "model_version", "ts_ms")
 
 
 def _find(tensors: Any, name: str, kind: str) -> dict[str, Any] | None:
@@ -178,36 +183,251 @@ def _header(record: Any, references: ReferenceStore) -> tuple[Reference, int]:
         raise SkipEvent(exc.reason, str(exc)) from None
 
 
-def _fast(record: dict[str, Any], acc: _Accumulator) -> int:
-    """Append one event by `list.extend`; 0 when it needs the slow path (checked later anyway)."""
-    ref = acc.ref
+def _tensor_header(ref: Reference, header: bytes) -> tuple[str, int, int] | None:
+    """(name, rows, values per row) of a flat numeric tensor this version knows, else None."""
+    key = (ref.key, header)
+    if key in _TENSOR_HEADERS:
+        return _TENSOR_HEADERS[key]
+    result = None
     try:
-        tensor = record["inputs"][0]
-        data = tensor["data"]
-        rows = tensor["shape"][0]
-        if (tensor["name"] != ref.input_name or len(record["inputs"]) != 1 or type(data) is not list
-                or type(rows) is not int or rows <= 0 or len(data) != rows * ref.width):
-            return 0
-        outputs = record["outputs"]
-        found = {}
-        for t in outputs:
-            name = t["name"]
-            if name in acc.outputs:
-                out = t["data"]
-                spec_width = ref.output_tensors[name][1]
-                if type(out) is not list or len(out) != rows * (spec_width or 1):
-                    return 0
-                found[name] = out
-    except (KeyError, IndexError, TypeError):
-        return 0
-    acc.inputs.extend(data)
-    for name, values in acc.outputs.items():
-        out = found.get(name)
-        if out is None:
-            values.extend([None] * (rows * (ref.output_tensors[name][1] or 1)))
+        tensor = orjson.loads(header + b'"data":[]}')
+        name, shape = tensor["name"], tensor["shape"]
+        if name == ref.input_name:
+            width = ref.width
         else:
-            values.extend(out)
-    return rows
+            dtype, width = ref.output_tensors[name]
+            width = width or 1
+            if dtype.kind in "US":
+                raise KeyError(name)  # strings may hide "]": slow path
+        rows = shape[0]
+        if (type(rows) is int and rows > 0 and len(tensor) == 4
+                and shape == ([rows, width] if name == ref.input_name or len(shape) == 2 else [rows])):
+            result = (name, rows, width)
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        pass
+    if len(_TENSOR_HEADERS) >= _MAX_TENSOR_HEADERS:  # shapes come from events: stay bounded
+        _TENSOR_HEADERS.clear()
+    _TENSOR_HEADERS[key] = result
+    return result
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """The exact bytes around an event's numbers, learned from a checked event of the same
+    layout: matching them proves the tensors' names and shapes without parsing them again."""
+
+    head: bytes  # from ',"inputs":[' to the first number of the input data
+    separators: tuple[bytes, ...]  # after each data list: up to the next one's numbers, then ']}]'
+    tensors: tuple[str, ...]  # the tensor of each data list, the input first
+    commas: tuple[int, ...]  # values - 1 of each data list
+    rows: int
+    missing: tuple[tuple[str, bytes], ...]  # outputs the layout lacks, as nulls
+    # From ',"model_name":"' to ',"inputs":[' (model, version, role, route, status, ...) when the
+    # fields before it are the gateway's own five (PREFIX ... request_id); None otherwise.
+    header: bytes | None = None
+
+
+_SKELETONS: dict[tuple[str, str], list[_Skeleton]] = {}
+_MAX_SKELETONS = 8  # layouts remembered per version (row counts, subsets of outputs)
+
+
+def _learn(value: bytes, start: int, ref: Reference) -> bool:
+    """Check the tensors' headers one by one; on success remember the layout as a skeleton.
+    True when the layout is new."""
+    find = value.find
+    spans: list[tuple[str, int, int, int]] = []  # (tensor, data start, data end, values per row)
+    pos, expect = start + len(INPUTS_KEY), b"]}]," + b'"outputs":['
+    while True:
+        data = find(DATA_KEY, pos)
+        header = _tensor_header(ref, value[pos:data]) if data > 0 else None
+        if header is None or (spans and header[1] != spans[0][3] // ref.width) or (not spans and header[0] != ref.input_name):
+            return False
+        data += len(DATA_KEY)
+        end = find(b"]", data)
+        if value[data:end].count(b",") + 1 != header[1] * header[2]:
+            return False
+        spans.append((header[0], data, end, header[1] * header[2]))
+        if not spans[1:]:  # after the input: the outputs array must follow
+            if not value.startswith(expect, end):
+                return False
+            pos = end + len(expect)
+            if value.startswith(b"]", pos):
+                break
+            continue
+        if value.startswith(b"},", end + 1):
+            pos = end + 3
+            continue
+        if value.startswith(b"}]", end + 1):
+            break
+        return False
+    names = tuple(name for name, *_ in spans)
+    if len(set(names)) != len(names):
+        return False
+    rows = spans[0][3] // ref.width
+    separators = tuple(value[spans[i][2]:spans[i + 1][1]] for i in range(len(spans) - 1)) + (b"]}]",)
+    skeleton = _Skeleton(
+        head=value[start:spans[0][1]], separators=separators, tensors=names,
+        commas=tuple(n - 1 for *_, n in spans), rows=rows,
+        missing=tuple((name, b",".join([b"null"] * (rows * (width or 1))))
+                      for name, (_, width) in ref.output_tensors.items() if name not in names))
+    model_at = value.find(MODEL_KEY)
+    if 0 < model_at < start and value.startswith(PREFIX):
+        try:
+            if list(orjson.loads(value[:model_at] + b"}")) == PREFIX_KEYS:
+                skeleton = replace(skeleton, header=value[model_at:start])
+        except orjson.JSONDecodeError:
+            pass
+    known = _SKELETONS.setdefault(ref.key, [])
+    if len(known) >= _MAX_SKELETONS:
+        known.pop(0)
+    if skeleton in known:
+        return False
+    known.append(skeleton)
+    return True
+
+
+@dataclass
+class _Part:
+    """Some events of one version, in offset order, decoded one way (one skeleton, or slowly)."""
+
+    positions: np.ndarray  # index of each event in the partition batch
+    ts_ms: np.ndarray
+    rows: np.ndarray
+    inputs: np.ndarray  # [rows, features], float64
+    outputs: dict[str, np.ndarray]  # tensor -> [rows] or [rows, k]
+
+
+class _Version:
+    __slots__ = ("ref", "parts")
+
+    def __init__(self, ref: Reference):
+        self.ref = ref
+        self.parts: list[_Part] = []
+
+
+def _pick(values: list, index: np.ndarray) -> list:
+    return list(itemgetter(*index)(values)) if len(index) > 1 else [values[i] for i in index]
+
+
+def _prefix_parts(values: list, references: ReferenceStore, ts_all: np.ndarray,
+                  versions: dict[tuple[str, str], _Version]) -> np.ndarray:
+    """The cheapest path, for records laid out exactly as the gateway writes them: no JSON
+    parsing at all but of the numbers. The bytes from `"model_name"` to the last number must be
+    a learned skeleton (which fixes model, version, status and tensors); before them only the
+    gateway's five fields may stand, of which `ts_ms` (digits) is read and the rest unused."""
+    handled = np.zeros(len(values), dtype=bool)
+    try:
+        model_at = np.array(list(map(bytes.find, values, repeat(MODEL_KEY))), dtype=np.int64)
+        prefixed = np.fromiter(map(bytes.startswith, values, repeat(PREFIX)), bool, len(values))
+    except TypeError:  # a null value in the batch
+        return handled
+    for key, skeletons in list(_SKELETONS.items()):
+        for skeleton in skeletons:
+            todo = np.flatnonzero(prefixed & (model_at > 0) & ~handled)
+            if skeleton.header is None or not len(todo):
+                continue
+            vals = _pick(values, todo)
+            matched, part = _match_skeleton(skeleton, references.get(*key), vals, model_at[todo], skeleton.header)
+            if part is None:
+                continue
+            keep = np.flatnonzero(matched)
+            mine = _pick(vals, keep)
+            ts_at = np.array(list(map(bytes.find, mine, repeat(TS_KEY))), dtype=np.int64) + len(TS_KEY)
+            request_at = np.array(list(map(bytes.find, mine, repeat(REQUEST_KEY), ts_at.tolist())), dtype=np.int64)
+            digits = list(map(bytes.__getitem__, mine, map(slice, ts_at.tolist(), request_at.tolist())))
+            if not ((ts_at > len(TS_KEY)) & (request_at < model_at[todo[keep]])).all() or not all(map(bytes.isdigit, digits)):
+                continue  # not the gateway's prefix after all: the next path decides
+            positions = todo[keep]
+            part.positions, part.ts_ms = positions, np.array(list(map(int, digits)), dtype=np.int64)
+            ts_all[positions] = part.ts_ms
+            handled[positions] = True
+            versions.setdefault(key, _Version(references.get(*key))).parts.append(part)
+    return handled
+
+
+def _fast_parts(values: list, where: np.ndarray, references: ReferenceStore, ts_all: np.ndarray,
+                versions: dict[tuple[str, str], _Version]) -> np.ndarray:
+    """Decode the events that match a learned skeleton, with C-level `map` loops over the batch
+    instead of Python per event; `where` is each value's position in the batch. Returns which
+    were decoded. Any surprise (a null value, a header that does not parse) leaves them all to
+    the per-event path."""
+    handled = np.zeros(len(values), dtype=bool)
+    try:
+        starts = np.array(list(map(bytes.find, values, repeat(INPUTS_KEY))), dtype=np.int64)
+        candidates = np.flatnonzero(starts > 0)
+        if not len(candidates):
+            return handled
+        vals = list(itemgetter(*candidates)(values)) if len(candidates) > 1 else [values[candidates[0]]]
+        st = starts[candidates].tolist()
+        heads = map(orjson.loads, map(bytes.__add__, map(bytes.__getitem__, vals, map(slice, st)), repeat(b"}")))
+        schema, status, names, version_names, ts = zip(*map(_HEADER_FIELDS, heads))
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return handled
+    ts = np.array(ts)
+    if ts.dtype.kind != "i":
+        return handled
+    usable = (np.array(schema, dtype=object) == EVENT_SCHEMA_VERSION) & (np.array(status, dtype=object) == "ok")
+    names_a, versions_a = np.array(names, dtype=object), np.array(version_names, dtype=object)
+    for name, version in set(zip(names, version_names)):
+        if not (isinstance(name, str) and isinstance(version, str)):
+            continue
+        try:
+            ref = references.get(name, version)
+        except ReferenceUnavailable:
+            continue  # the per-event path counts these under their reason
+        todo = np.flatnonzero(usable & (names_a == name) & (versions_a == version))
+        for skeleton in _SKELETONS.get(ref.key, ()):
+            if not len(todo):
+                break
+            matched, part = _match_skeleton(skeleton, ref, [vals[i] for i in todo] if len(todo) < 64
+                                            else list(itemgetter(*todo)(vals)), starts[candidates[todo]])
+            if part is None:
+                continue
+            positions = where[candidates[todo[matched]]]
+            part.positions, part.ts_ms = positions, ts[todo[matched]]
+            ts_all[positions] = part.ts_ms
+            handled[candidates[todo[matched]]] = True
+            versions.setdefault(ref.key, _Version(ref)).parts.append(part)
+            todo = todo[~matched]
+    return handled
+
+
+def _match_skeleton(skeleton: _Skeleton, ref: Reference, vals: list[bytes], starts: np.ndarray,
+                    lead: bytes = b"") -> tuple[np.ndarray, _Part | None]:
+    """Which of `vals` have exactly `lead` + this skeleton at `starts`, and their numbers."""
+    head = lead + skeleton.head
+    matched = np.fromiter(map(bytes.startswith, vals, repeat(head), starts.tolist()), bool, len(vals))
+    candidates = np.flatnonzero(matched)  # the rest of the checks only on these
+    if not len(candidates):
+        return matched, None
+    mine = _pick(vals, candidates)
+    n_mine = len(mine)
+    ok = np.ones(n_mine, dtype=bool)
+    pos = starts[candidates] + len(head)
+    chunks = []
+    for separator, commas in zip(skeleton.separators, skeleton.commas):
+        ends = np.fromiter(map(bytes.find, mine, repeat(b"]"), pos.tolist()), np.int64, n_mine)
+        ok &= np.fromiter(map(bytes.startswith, mine, repeat(separator), ends.tolist()), bool, n_mine)
+        chunk = list(map(bytes.__getitem__, mine, map(slice, pos.tolist(), ends.tolist())))
+        ok &= np.fromiter(map(bytes.count, chunk, repeat(b",")), np.int64, n_mine) == commas
+        chunks.append(chunk)
+        pos = ends + len(separator)
+    matched[candidates[~ok]] = False
+    if not ok.any():
+        return matched, None
+    keep = np.flatnonzero(ok)
+    pick = (lambda c: c) if len(keep) == n_mine else (lambda c: _pick(c, keep))
+    n = len(keep) * skeleton.rows
+    inputs = _as_declared(_numbers(pick(chunks[0])), ref.input_dtype).reshape(n, ref.width)
+    outputs = {}
+    for name, chunk in zip(skeleton.tensors[1:], chunks[1:]):
+        dtype, width = ref.output_tensors[name]
+        outputs[name] = _as_declared(_numbers(pick(chunk)), dtype).reshape(n, *((width,) if width else ()))
+    for name, _ in skeleton.missing:
+        width = ref.output_tensors[name][1]
+        outputs[name] = np.full((n, width) if width else (n,), np.nan)
+    rows = np.full(len(keep), skeleton.rows, dtype=np.int64)
+    return matched, _Part(np.empty(0, np.int64), np.empty(0, np.int64), rows, inputs, outputs)
 
 
 def decode_partition(records: Sequence[KafkaRecord], references: ReferenceStore) -> PartitionBatch:
@@ -215,82 +435,105 @@ def decode_partition(records: Sequence[KafkaRecord], references: ReferenceStore)
     skipped: Counter = Counter()
     warnings: list[tuple[str, str]] = []
     ts_all = np.full(len(records), NO_TS, dtype=np.int64)
-    accs: dict[tuple[str, str], _Accumulator] = {}
-    loads = orjson.loads
-    for position, rec in enumerate(records):
+    versions: dict[tuple[str, str], _Version] = {}
+    values = list(map(_VALUE, records))
+    rest = np.flatnonzero(~_prefix_parts(values, references, ts_all, versions))
+    pending = rest[~_fast_parts(_pick(values, rest), rest, references, ts_all, versions)].tolist() if len(rest) else []
+    slow: dict[tuple[str, str], list[tuple[int, int, np.ndarray, dict[str, np.ndarray | None]]]] = {}
+    i = 0
+    while i < len(pending):
+        position = pending[i]
+        i += 1
+        value = values[position]
         try:
             try:
-                record = loads(rec.value)
+                record = orjson.loads(value)  # type: ignore[arg-type]
             except (orjson.JSONDecodeError, TypeError):
                 raise SkipEvent("bad_json", "not valid JSON") from None
             ref, ts_ms = _header(record, references)
             ts_all[position] = ts_ms
-            acc = accs.get(ref.key)
-            if acc is None:
-                acc = accs[ref.key] = _Accumulator(ref)
-            rows = _fast(record, acc)
-            if rows == 0:
-                slow = _slow_event(record, ref)
-                acc.slow[len(acc.events)] = slow
-                rows = len(slow[0])
-            acc.events.append((rec.offset, ts_ms, rows, position))
+            rows, outputs = _slow_event(record, ref)
+            start = value.find(INPUTS_KEY)
+            if start > 0 and _learn(value, start, ref) and i < len(pending):
+                # A new layout: the rest of the batch may take the fast path already.
+                rest = np.array(pending[i:])
+                done = _fast_parts([values[j] for j in rest], rest, references, ts_all, versions)
+                pending[i:] = rest[~done].tolist()
+            if ref.key not in versions:
+                versions[ref.key] = _Version(ref)
+            slow.setdefault(ref.key, []).append((position, ts_ms, rows, outputs))
         except SkipEvent as skip:
             skipped[skip.reason] += 1
             if skip.malformed:
+                rec = records[position]
                 warnings.append((skip.reason, f"partition {rec.partition} offset {rec.offset}: {skip.reason}: {skip}"))
+    for key, events in slow.items():
+        versions[key].parts.append(_slow_part(versions[key].ref, events))
+    offsets = np.fromiter(map(_OFFSET, records), np.int64, len(records))
     blocks = []
-    for acc in accs.values():
-        block = _to_block(acc, skipped, warnings)
+    for version in versions.values():
+        block = _to_block(version, offsets, skipped, warnings)
         if block is not None:
             blocks.append(block)
     return PartitionBatch(blocks, ts_all, skipped, warnings)
 
 
-def _to_block(acc: _Accumulator, skipped: Counter, warnings: list[tuple[str, str]]) -> Block | None:
-    ref = acc.ref
-    events = np.array(acc.events, dtype=np.int64).reshape(-1, 4)
-    rows_per_event = events[:, 2]
-    n_rows = int(rows_per_event.sum())
-    if n_rows == 0:
-        return None
-    fast_rows = np.ones(len(events), dtype=bool)
-    fast_rows[list(acc.slow)] = False
-    row_is_fast = np.repeat(fast_rows, rows_per_event)
-    inputs = np.empty((n_rows, ref.width), dtype=np.float64)
-    good_event = np.ones(len(events), dtype=bool)
-    if acc.inputs:
-        flat = np.array(acc.inputs)
-        if flat.dtype.kind not in "biuf":  # null or a string among the values: find the events
-            flat = np.array([v if isinstance(v, (int, float)) else np.nan for v in acc.inputs], dtype=np.float64)
-        fast = _as_declared(flat, ref.input_dtype).reshape(-1, ref.width)
-        inputs[row_is_fast] = fast
-    outputs_tensors: dict[str, np.ndarray] = {}
-    for name, values in acc.outputs.items():
-        dtype, width = ref.output_tensors[name]
-        shape = (n_rows,) if width is None else (n_rows, width)
-        if dtype.kind in "US":
-            column = np.full(shape, None, dtype=object)
-            if values:
-                column[row_is_fast] = np.array(values, dtype=object).reshape(-1, *shape[1:])
-        else:
-            column = np.full(shape, np.nan, dtype=np.float64)
-            if values:
-                array = np.array(values)
-                if array.dtype.kind not in "biuf":  # missing outputs (None) or junk (voids the event)
-                    array = np.array([np.nan if v is None else v if isinstance(v, (int, float)) else np.inf
-                                      for v in values], dtype=np.float64)
-                column[row_is_fast] = _as_declared(array, dtype).reshape(-1, *shape[1:])
-        outputs_tensors[name] = column
-    starts = np.concatenate(([0], np.cumsum(rows_per_event)[:-1]))
-    for index, (rows, outs) in acc.slow.items():
-        s = starts[index]
-        inputs[s:s + len(rows)] = rows
-        for name, array in outs.items():
-            if array is not None:
-                outputs_tensors[name][s:s + len(rows)] = array
+def _slow_part(ref: Reference, events: list[tuple[int, int, np.ndarray, dict[str, np.ndarray | None]]]) -> _Part:
+    rows = np.array([len(e[2]) for e in events], dtype=np.int64)
+    outputs = {}
+    for name, (dtype, width) in ref.output_tensors.items():
+        blocks = []
+        for _, _, x, outs in events:
+            array = outs.get(name)
+            if array is None:
+                shape = (len(x), width) if width else (len(x),)
+                array = np.full(shape, None, dtype=object) if dtype.kind in "US" else np.full(shape, np.nan)
+            blocks.append(array)
+        outputs[name] = np.concatenate(blocks)
+    return _Part(np.array([e[0] for e in events], dtype=np.int64), np.array([e[1] for e in events], dtype=np.int64),
+                 rows, np.concatenate([e[2] for e in events]), outputs)
+
+
+def _numbers(chunks: list[bytes]) -> np.ndarray:
+    """The numbers of many events' data slices, parsed by one orjson call. null becomes NaN
+    (missing); anything that is not a number becomes infinity, which voids its event."""
+    try:
+        values = orjson.loads(b"[" + b",".join(chunks) + b"]")
+    except orjson.JSONDecodeError:
+        values = []
+        for chunk in chunks:
+            try:
+                values.extend(orjson.loads(b"[" + chunk + b"]"))
+            except orjson.JSONDecodeError:
+                values.extend([np.inf] * (chunk.count(b",") + 1))
+    try:
+        return np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.array([np.nan if v is None else v if isinstance(v, (int, float)) else np.inf for v in values],
+                        dtype=np.float64)
+
+
+def _to_block(version: _Version, offsets: np.ndarray, skipped: Counter, warnings: list[tuple[str, str]]
+              ) -> Block | None:
+    """The version's parts merged in offset order; events with a non-finite value dropped."""
+    ref, parts = version.ref, version.parts
+    positions = np.concatenate([p.positions for p in parts])
+    ts_ms = np.concatenate([p.ts_ms for p in parts])
+    rows = np.concatenate([p.rows for p in parts])
+    inputs = np.concatenate([p.inputs for p in parts])
+    outputs = {name: np.concatenate([p.outputs[name] for p in parts]) for name in ref.output_tensors}
+    if len(parts) > 1:  # interleaved layouts: restore the order of the partition
+        order = np.argsort(positions, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        row_order = np.argsort(rank[np.repeat(np.arange(len(rows)), rows)], kind="stable")
+        positions, ts_ms, rows = positions[order], ts_ms[order], rows[order]
+        inputs = inputs[row_order]
+        outputs = {k: v[row_order] for k, v in outputs.items()}
+    starts = np.cumsum(rows) - rows
     # One vectorised check for the whole batch: a non-finite value voids its event.
     bad_rows = ~np.isfinite(inputs).all(axis=1)
-    for name, column in outputs_tensors.items():
+    for column in outputs.values():
         if column.dtype != object:
             values = column if column.ndim == 1 else column.sum(axis=1)
             bad_rows |= np.isinf(values)  # missing outputs are NaN, not infinite
@@ -300,16 +543,14 @@ def _to_block(acc: _Accumulator, skipped: Counter, warnings: list[tuple[str, str
         bad_events = np.add.reduceat(bad_rows, starts) > 0
         for index in np.flatnonzero(bad_events):
             skipped["non_finite"] += 1
-            warnings.append(("non_finite", f"offset {events[index, 0]}: non_finite: NaN, infinity or null in the event"))
-        good_event &= ~bad_events
-        keep_rows = np.repeat(good_event, rows_per_event)
-        inputs = inputs[keep_rows]
-        outputs_tensors = {k: v[keep_rows] for k, v in outputs_tensors.items()}
-        events = events[good_event]
-        if len(events) == 0:
+            warnings.append(("non_finite", f"offset {offsets[positions[index]]}: non_finite: NaN, infinity or null"))
+        keep_rows = np.repeat(~bad_events, rows)
+        inputs, outputs = inputs[keep_rows], {k: v[keep_rows] for k, v in outputs.items()}
+        positions, ts_ms, rows = positions[~bad_events], ts_ms[~bad_events], rows[~bad_events]
+        if len(positions) == 0:
             return None
     return Block(
         key=ref.key, reference=ref, inputs=inputs,
-        outputs={col.key: ref.column_values(col, outputs_tensors[col.tensor]) for col in ref.outputs},
-        offsets=events[:, 0], ts_ms=events[:, 1], rows_per_event=events[:, 2], positions=events[:, 3],
+        outputs={col.key: ref.column_values(col, outputs[col.tensor]) for col in ref.outputs},
+        offsets=offsets[positions], ts_ms=ts_ms, rows_per_event=rows, positions=positions,
     )
