@@ -3,8 +3,8 @@ frames, Kafka's murmur2 partitioning, lz4 batches at the fast level, the burst q
 from __future__ import annotations
 
 import asyncio
-import os
 import random
+import socket
 
 import numpy as np
 import orjson
@@ -96,3 +96,54 @@ def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
     queued, spooled = asyncio.run(scenario())
     assert queued == [b"0", b"1", b"2"]
     assert spooled == [b"3", b"4"]
+
+
+def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
+    from gateway.events.shipper import _Inbox
+
+    async def scenario() -> list[list[int]]:
+        ours, theirs = socket.socketpair()
+        bursts: list[list[int]] = []
+        loop = asyncio.get_running_loop()
+        _, inbox = await loop.connect_accepted_socket(
+            lambda: _Inbox(lambda frames: bursts.append([meta["i"] for meta, _ in frames])), theirs)
+        _, writer = await asyncio.open_unix_connection(sock=ours)
+        data = b"".join(encode({"i": i}, {"x": np.arange(i % 7)}) for i in range(1000))
+        for start in range(0, len(data), 997):  # frames cut anywhere
+            writer.write(data[start : start + 997])
+            await asyncio.sleep(0)
+        writer.write_eof()  # the gateway stopped: what is left is handed over at once
+        await asyncio.wait_for(inbox.closed, 10)
+        return bursts
+
+    bursts = asyncio.run(scenario())
+    assert [i for burst in bursts for i in burst] == list(range(1000))
+
+
+def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
+    from gateway.events import shipper
+
+    monkeypatch.setattr(shipper, "READ_PAUSE", 3600.0)
+
+    async def scenario() -> tuple[bool, list, list]:
+        ours, theirs = socket.socketpair()
+        bursts: list[list[int]] = []
+        loop = asyncio.get_running_loop()
+        transport, inbox = await loop.connect_accepted_socket(
+            lambda: shipper._Inbox(lambda frames: bursts.append([meta["i"] for meta, _ in frames])), theirs)
+        ours.sendall(encode({"i": 0}))
+
+        async def received() -> None:
+            while not inbox._chunks:
+                await asyncio.sleep(0.001)
+
+        await asyncio.wait_for(received(), 10)
+        reading, before = transport.is_reading(), list(bursts)
+        transport.close()  # ends the wait: what was received is handed over
+        await asyncio.wait_for(inbox.closed, 10)
+        ours.close()
+        return reading, before, bursts
+
+    reading, before, after = asyncio.run(scenario())
+    assert not reading and before == []  # the wake-up only queued the data and paused the socket
+    assert after == [[0]]

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import orjson
@@ -30,9 +30,10 @@ from scorers.protocol import HEADER, encode, split_frames
 
 log = logging.getLogger("gateway.events")
 METRICS_INTERVAL = 1.0
-# The shipper reads its socket at most this often: events wait in the kernel's socket buffer
-# (safe if the gateway dies: the shipper still reads them) and arrive in bursts, so the fixed
-# cost of a wake-up (epoll, read, task switch: more than building an event) is paid per burst.
+# The shipper reads its socket at most this often: between reads it stops polling the socket,
+# so events wait in the kernel's socket buffer (safe if the gateway dies: the shipper still
+# reads them) and arrive in bursts; the fixed cost of a wake-up (epoll, read, callbacks: more
+# than building an event) is paid per burst, not per loop turn of the gateway.
 READ_PAUSE = 0.005
 
 
@@ -135,6 +136,53 @@ def _metrics_snapshot() -> list[dict[str, Any]]:
     ]
 
 
+class _Inbox(asyncio.Protocol):
+    """The shipper's end of the socket: hands complete frames to `on_frames` in bursts, at most
+    one burst per READ_PAUSE (reading is paused in between), and the rest at end of stream."""
+
+    def __init__(self, on_frames: Callable[[list[tuple[dict[str, Any], memoryview]]], None]):
+        self.on_frames = on_frames
+        self.transport: asyncio.Transport | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+        self._chunks: list[bytes] = []  # received, not yet split into frames
+        self._pending = b""  # the start of a frame whose end has not arrived yet
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        if self._timer is None:
+            self.transport.pause_reading()
+            self._timer = asyncio.get_running_loop().call_later(READ_PAUSE, self._burst)
+
+    def _burst(self) -> None:
+        self._timer = None
+        self._deliver()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _deliver(self) -> None:
+        data = b"".join([self._pending, *self._chunks])
+        self._chunks.clear()
+        frames, used = split_frames(data, copy=False)  # bodies are views into `data`
+        self._pending = data[used:]
+        if frames:
+            self.on_frames(frames)
+
+    def eof_received(self) -> bool:
+        return False  # close: the gateway stopped or died
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deliver()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
 async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
     from .logger import EventLogger
     from .records import scoring_event_from_frame, to_wire
@@ -147,33 +195,27 @@ async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
         settings["compression"], settings["stall_timeout"], create_topics=settings["create_topics"],
     )
     await logger.start()
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    topic = settings["topic"]
+
+    def on_frames(frames: list[tuple[dict[str, Any], memoryview]]) -> None:
+        # Serialised at once, so only the compact Kafka records wait in the queue.
+        logger.log_wires([to_wire(scoring_event_from_frame(meta, body), topic) for meta, body in frames])
+
+    loop = asyncio.get_running_loop()
+    transport, inbox = await loop.connect_accepted_socket(lambda: _Inbox(on_frames), sock)
 
     async def report() -> None:
-        while True:
-            writer.write(encode({"metrics": _metrics_snapshot()}))
+        while not transport.is_closing():
+            transport.write(encode({"metrics": _metrics_snapshot()}))
             await asyncio.sleep(METRICS_INTERVAL)
 
     reporter = asyncio.create_task(report())
-    topic = settings["topic"]
-    pending = b""  # the start of a frame whose end has not arrived yet
     try:
-        while True:
-            chunk = await reader.read(1 << 20)  # whole bursts at a time, not one await per event
-            if not chunk:
-                break  # the gateway closed its end (stopping) or died: finish up
-            data = pending + chunk if pending else chunk
-            frames, used = split_frames(data, copy=False)  # bodies are views into `data`
-            pending = data[used:]
-            # Serialised at once, so only the compact Kafka records wait in the queue.
-            logger.log_wires([to_wire(scoring_event_from_frame(meta, body), topic) for meta, body in frames])
-            await asyncio.sleep(READ_PAUSE)
-    except ConnectionError:
-        pass
+        await inbox.closed
     finally:
         reporter.cancel()
         await logger.stop()
-        writer.close()
+        transport.close()
 
 
 def main(argv: list[str] | None = None) -> int:
