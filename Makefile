@@ -51,3 +51,12 @@ bench-logging: install models kafka
 
 clean:
 	rm -rf $(VENV) .cache models
+
+# drift-bench-begin
+# The drift consumer's throughput: 1,000,000 scoring events into a fresh topic, drained by 1 and
+# by 2 consumer processes in one group, 3 runs each (docs/benchmarks/drift-throughput.md).
+.PHONY: bench-drift
+bench-drift: install models kafka tools
+	deploy/with-kafka.sh $(BIN)/python -m loadtests.drift_bench --events 1000000 --consumers 1 2 --repeats 3 \
+	  --repository models --json docs/benchmarks/drift-throughput.json
+# drift-bench-end

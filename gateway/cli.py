@@ -35,9 +35,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_drift(args: argparse.Namespace) -> int:
     from gateway.config import load_config
+
+    if getattr(args, "drift_command", None) == "report":
+        return _cmd_drift_report(args, load_config)
+    if not args.config:
+        print("gateway drift: --config is required", file=sys.stderr)
+        return 2
     from gateway.drift.consumer import run_drift, settings_from_config
 
     _run(run_drift(settings_from_config(load_config(args.config))))
+    return 0
+
+
+def _cmd_drift_report(args: argparse.Namespace, load_config) -> int:
+    """An HTML page from the published drift reports (the topic of --config, or --reports JSONL)."""
+    from pathlib import Path
+
+    from gateway.drift import page
+
+    if args.reports:
+        reports = page.read_jsonl(Path(args.reports))
+    elif args.config:
+        config = load_config(args.config)
+        reports = _run(page.read_topic(config.kafka.bootstrap_servers, config.kafka.topics.drift))
+    else:
+        print("gateway drift report: give --config (read the drift topic) or --reports FILE.jsonl", file=sys.stderr)
+        return 2
+    try:
+        text = page.render(reports, args.model, args.version, args.window)
+    except ValueError as exc:
+        print(f"gateway drift report: {exc}", file=sys.stderr)
+        return 1
+    Path(args.out).write_text(text)
+    print(f"{args.out}: {args.model}/{args.version}, {len(reports)} reports read")
     return 0
 
 
@@ -67,9 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="YAML config file, e.g. config/demo.yaml")
     serve.set_defaults(func=_cmd_serve)
 
-    drift = sub.add_parser("drift", help="run the streaming drift consumer")
-    drift.add_argument("--config", required=True)
+    drift = sub.add_parser("drift", help="run the streaming drift consumer; `drift report`: an HTML page")
+    drift.add_argument("--config", help="YAML config file (required to run the consumer)")
     drift.set_defaults(func=_cmd_drift)
+    report = drift.add_subparsers(dest="drift_command").add_parser(
+        "report", help="HTML page (embedded PNGs) of a model version's drift reports")
+    report.add_argument("--config", help="read the reports from this config's kafka.topics.drift")
+    report.add_argument("--reports", help="... or from a JSON Lines file of reports")
+    report.add_argument("--model", required=True)
+    report.add_argument("--version", required=True)
+    report.add_argument("--window", help="window id to detail (default: the latest drifted, else the latest)")
+    report.add_argument("--out", default="drift-report.html")
 
     models = sub.add_parser("models", help="model repository tools").add_subparsers(dest="models_command", required=True)
     from gateway.models import demo

@@ -270,7 +270,7 @@ class DriftConfig(_Strict):
     window_size: float = Field(200, gt=0, description="rows (count) or seconds (time) per window")
     window_slide: float | None = Field(None, gt=0, description="rows or seconds between windows; unset: tumbling")
     lateness_seconds: float = Field(5.0, ge=0, description="time windows: how late an event may arrive")
-    window_max_rows: int = Field(20_000, ge=100, description="rows tested per window; more are sampled uniformly")
+    window_max_rows: int = Field(5_000, ge=100, description="rows kept and tested per window; more are sampled uniformly")
     min_window_rows: int = Field(30, ge=1, description="time windows with fewer rows are not tested")
     alpha: float = Field(0.01, gt=0, lt=1, description="significance level after the correction")
     correction: Correction = "bonferroni"

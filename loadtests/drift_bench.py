@@ -83,7 +83,8 @@ def produce(bootstrap: str, topic: str, partitions: int, path: Path) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+            await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1),
+                                       NewTopic(f"{topic}.drift", num_partitions=1, replication_factor=1)])
         finally:
             await admin.close()
 
@@ -94,10 +95,8 @@ def produce(bootstrap: str, topic: str, partitions: int, path: Path) -> None:
                     *headers, str(path)], check=True)
 
 
-async def _drain(settings, stats_path: Path, profile: str | None) -> None:
+async def _drain(settings, stats_path: Path, profile: str | None, share: int) -> None:
     """One consumer process: run the real DriftConsumer until its partitions are drained."""
-    from aiokafka import TopicPartition
-
     from gateway.drift.consumer import DriftConsumer
 
     consumer = DriftConsumer(settings)
@@ -120,6 +119,14 @@ async def _drain(settings, stats_path: Path, profile: str | None) -> None:
                    and consumer.monitor.partitions[tp.partition].position == ends[tp] for tp in assigned):
                 stop.set()
 
+    # Steady state of the group: start once this member holds its share of the partitions
+    # (records prefetched meanwhile wait in the fetcher, unprocessed).
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline:
+        held = len(consumer._consumer.assignment())
+        if 0 < held <= share:
+            break
+        await asyncio.sleep(0.05)
     watcher = asyncio.ensure_future(watch())
     if profile:
         import cProfile
@@ -141,14 +148,32 @@ async def _drain(settings, stats_path: Path, profile: str | None) -> None:
     }))
 
 
+def topic_size(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(events, partitions) in the topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    async def size() -> tuple[int, int]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap)  # subscribing fetches its metadata
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            ends = await consumer.end_offsets(partitions)
+            return sum(ends.values()), len(partitions)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(size())
+
+
 def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window_size: int,
             workdir: Path, profile: bool) -> dict:
     group = f"bench-{uuid.uuid4().hex[:8]}"
+    events, partitions = topic_size(bootstrap, topic)
     procs = []
     for i in range(consumers):
         args = [sys.executable, "-m", "loadtests.drift_bench", "--worker", str(workdir / f"stats-{group}-{i}.json"),
                 "--bootstrap", bootstrap, "--topic", topic, "--repository", str(repository),
-                "--group", group, "--window-size", str(window_size)]
+                "--group", group, "--window-size", str(window_size), "--share", str(-(-partitions // consumers))]
         if profile:
             args += ["--profile", str(workdir / f"profile-{i}.pstats")]
         procs.append(subprocess.Popen(args, cwd=ROOT))
@@ -156,10 +181,10 @@ def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window
         if p.wait() != 0:
             raise SystemExit(f"consumer process failed ({p.returncode})")
     stats = [json.loads((workdir / f"stats-{group}-{i}.json").read_text()) for i in range(consumers)]
-    events = sum(s["events"] for s in stats)
+    read = sum(s["events"] for s in stats)  # more than `events` if a rebalance made a member re-read
     cpu = sum(s["cpu_s"] for s in stats)
     busy = max(s["busy_s"] for s in stats)
-    return {"consumers": consumers, "events": events, "reports": sum(s["reports"] for s in stats),
+    return {"consumers": consumers, "events": events, "records_read": read, "reports": sum(s["reports"] for s in stats),
             "cpu_s": cpu, "busy_s": busy, "events_per_cpu_s": events / cpu, "events_per_s": events / busy,
             "skipped": [s["skipped"] for s in stats]}
 
@@ -172,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--consumers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--window-size", type=int, default=20_000, help="rows per window (count)")
+    parser.add_argument("--window-size", type=int, default=50_000, help="rows per window (count), per version and partition")
     parser.add_argument("--repository", type=Path, default=None, help="demo models (built into a temp dir if unset)")
-    parser.add_argument("--topic", default=None)
+    parser.add_argument("--topic", default=None, help="drain this already filled topic instead of producing one")
     parser.add_argument("--profile", default=None, help="write cProfile stats of the consumer(s)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--group", help=argparse.SUPPRESS)
+    parser.add_argument("--share", type=int, default=1 << 30, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
@@ -188,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                                  reports_topic=f"{args.topic}.drift", group_id=args.group,
                                  model_repository=args.repository, window_size=args.window_size,
                                  classifier_on_drift=False, poll_timeout_ms=200)
-        asyncio.run(_drain(settings, args.worker, args.profile))
+        asyncio.run(_drain(settings, args.worker, args.profile, args.share))
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="drift-bench-"))
@@ -198,22 +224,24 @@ def main(argv: list[str] | None = None) -> int:
 
         repository = workdir / "models"
         build_demo_repository(repository)
-    topic = args.topic or f"bench.drift.{uuid.uuid4().hex[:8]}"
-    t = time.perf_counter()
-    templates = build_templates(repository, TEMPLATES)
-    events_file = workdir / "events.txt"
-    write_events(events_file, templates, args.events, t0_ms=1_764_000_000_000)
-    produce(args.bootstrap, topic, args.partitions, events_file)
-    events_file.unlink()
-    print(f"produced {args.events:,} events ({len(templates[0])} bytes each) into {topic} "
-          f"({args.partitions} partitions) in {time.perf_counter() - t:.1f} s", flush=True)
+    topic = args.topic
+    if topic is None:  # a fresh topic; --topic reuses one a previous run filled
+        topic = f"bench.drift.{uuid.uuid4().hex[:8]}"
+        t = time.perf_counter()
+        templates = build_templates(repository, TEMPLATES)
+        events_file = workdir / "events.txt"
+        write_events(events_file, templates, args.events, t0_ms=1_764_000_000_000)
+        produce(args.bootstrap, topic, args.partitions, events_file)
+        events_file.unlink()
+        print(f"produced {args.events:,} events ({len(templates[0])} bytes each) into {topic} "
+              f"({args.partitions} partitions) in {time.perf_counter() - t:.1f} s", flush=True)
     results = []
     for consumers in args.consumers:
         for repeat in range(args.repeats):
             r = consume(args.bootstrap, topic, repository, consumers, args.window_size, workdir,
                         bool(args.profile) and repeat == 0)
             results.append(r)
-            print(f"consumers={consumers} run={repeat + 1}: {r['events']:,} events, {r['reports']} reports, "
+            print(f"consumers={consumers} run={repeat + 1}: {r['events']:,} events ({r['records_read']:,} read), {r['reports']} reports, "
                   f"{r['events_per_s']:,.0f} events/s wall, {r['events_per_cpu_s']:,.0f} events per CPU second "
                   f"(cpu {r['cpu_s']:.2f} s, busy {r['busy_s']:.2f} s)", flush=True)
     summary = {}

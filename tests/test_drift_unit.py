@@ -108,6 +108,52 @@ def test_fast_and_slow_decoding_agree(repo_root):
         assert np.array_equal(fast.outputs[key], slow.outputs[key])
 
 
+def gateway_toy_events(n: int, seed: int = 0) -> list[bytes]:
+    """toy/1 events exactly as the gateway's event shipper writes them (scoring_event, to_wire)."""
+    from gateway.events.records import scoring_event, to_wire
+
+    rng = np.random.default_rng(seed)
+    values = []
+    for i in range(n):
+        rows = 1 + i % 3
+        x = rng.normal(0, 1, (rows, 3)).astype(np.float32)
+        meta = {"ts": 1_700_000_000 + i, "request_id": f"req-{i}", "model_name": "toy", "model_version": "1",
+                "role": "champion", "route": "shadow", "served": True, "status": "ok", "error": None,
+                "latency_ms": 0.5, "instance": "t", "sample_rate": 1.0, "action_version": "1"}
+        arrays = {"inputs/x": x, "outputs/label": rng.choice(CLASSES, rows),
+                  "outputs/proba": rng.uniform(0, 1, (rows, 2)).astype(np.float32)}
+        values.append(to_wire(scoring_event(meta, arrays), "scoring.events").value)
+    return values
+
+
+def test_the_byte_level_fast_path_decodes_exactly_what_full_parsing_does(repo_root):
+    from gateway.drift import decode
+
+    values = gateway_toy_events(300)
+    layouts = decode.Layouts()
+    refs = ReferenceStore(ModelRepository(repo_root))
+    one_by_one = [decode_partition(records([v]), refs, layouts).blocks[0] for v in values[:3]]  # learns
+    assert {s.header is not None for s in layouts.skeletons[("toy", "1")]} == {True}
+    [batch] = decode_partition(records(values[:3]), refs, layouts).blocks
+    assert np.array_equal(batch.inputs, np.concatenate([b.inputs for b in one_by_one]))
+    for key in batch.outputs:
+        assert np.array_equal(batch.outputs[key], np.concatenate([b.outputs[key] for b in one_by_one]))
+    layouts = decode.Layouts()
+    [slow] = decode_partition(records(values), refs, layouts).blocks  # learns in-batch, the rest goes fast
+    [fast] = decode_partition(records(values), refs, layouts).blocks  # all known: byte level throughout
+    assert np.array_equal(fast.inputs, slow.inputs) and np.array_equal(fast.offsets, np.arange(300))
+    assert np.array_equal(fast.ts_ms, 1_700_000_000_000 + 1000 * np.arange(300))
+    for key in fast.outputs:
+        assert np.array_equal(fast.outputs[key], slow.outputs[key])
+    # A bad number or a null among known layouts voids only that event.
+    bad = list(values[:6])
+    bad[1] = bad[1].replace(b'"data":[', b'"data":[null,', 1)
+    bad[4] = bad[4].replace(b'"data":[', b'"data":[1.2.3,', 1)
+    batch = decode_partition(records(bad), refs, layouts)
+    assert batch.blocks[0].offsets.tolist() == [0, 2, 3, 5]
+    assert sum(batch.skipped.values()) == 2
+
+
 def test_malformed_and_unusable_events_are_counted_and_skipped(repo_root):
     m = monitor(repo_root, window_size=4, compare_previous=False)  # nothing retained once reported
     warnings = []

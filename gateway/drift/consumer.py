@@ -176,6 +176,11 @@ class DriftConsumer:
                 if generation != self._generation:
                     continue  # fetched before a revocation: re-read from the committed offsets
                 for tp, records in batch.items():
+                    if tp.partition not in self.monitor.partitions:
+                        # Fetched before its checkpoint was loaded (a reassignment in flight):
+                        # read it again once the partition's state is restored.
+                        self._consumer.seek(tp, records[0].offset)
+                        continue
                     self.metrics.events += len(records)
                     self.monitor.process(tp.partition, records)
                 await self._flush()
@@ -268,12 +273,28 @@ class DriftConsumer:
             return
         self._committed.update(offsets)
 
+    async def _commit_directly(self, partitions: set[int]) -> None:
+        """Commit the transaction's checkpoints again, outside it, before handing partitions over.
+        A transaction's offsets become visible to the group only once its markers are written,
+        and the new owner's offset fetch (OffsetFetch below v7, as aiokafka sends it) does not
+        wait for them: without this it could resume from an older checkpoint and publish again."""
+        assert self._consumer is not None
+        offsets = {TopicPartition(self.settings.events_topic, p): self._committed[p]
+                   for p in partitions if p in self._committed}
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.warning("drift: handover commit failed (%s); the new owner may re-publish a window", exc)
+
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self._lock:
             self._generation += 1
             mine = {tp.partition for tp in revoked if tp.partition in self.monitor.partitions}
             if mine:
                 await self._flush()
+                if self.settings.transactional:
+                    await self._commit_directly(mine)
                 for p in mine:
                     self.monitor.revoke(p)
                     self._committed.pop(p, None)
@@ -282,8 +303,8 @@ class DriftConsumer:
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         assert self._admin is not None
-        committed = await self._admin.list_consumer_group_offsets(self.settings.group_id, partitions=list(assigned))
         async with self._lock:
+            committed = await self._admin.list_consumer_group_offsets(self.settings.group_id, partitions=list(assigned))
             for tp in assigned:
                 meta = committed.get(tp)
                 self.monitor.assign(tp.partition, meta.metadata if meta is not None and meta.offset >= 0 else None)

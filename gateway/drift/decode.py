@@ -77,8 +77,6 @@ class PartitionBatch:
 NO_TS = np.iinfo(np.int64).min
 
 
-# Tensor header (the bytes between "{" and `"data":[`) -> (name, rows, values per row), per version.
-_TENSOR_HEADERS: dict[tuple[tuple[str, str], bytes], tuple[str, int, int] | None] = {}
 _MAX_TENSOR_HEADERS = 10_000
 INPUTS_KEY = b',"inputs":['
 MODEL_KEY = b',"model_name":"'
@@ -183,11 +181,11 @@ def _header(record: Any, references: ReferenceStore) -> tuple[Reference, int]:
         raise SkipEvent(exc.reason, str(exc)) from None
 
 
-def _tensor_header(ref: Reference, header: bytes) -> tuple[str, int, int] | None:
+def _tensor_header(ref: Reference, header: bytes, layouts: Layouts) -> tuple[str, int, int] | None:
     """(name, rows, values per row) of a flat numeric tensor this version knows, else None."""
     key = (ref.key, header)
-    if key in _TENSOR_HEADERS:
-        return _TENSOR_HEADERS[key]
+    if key in layouts.tensor_headers:
+        return layouts.tensor_headers[key]
     result = None
     try:
         tensor = orjson.loads(header + b'"data":[]}')
@@ -205,9 +203,9 @@ def _tensor_header(ref: Reference, header: bytes) -> tuple[str, int, int] | None
             result = (name, rows, width)
     except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
         pass
-    if len(_TENSOR_HEADERS) >= _MAX_TENSOR_HEADERS:  # shapes come from events: stay bounded
-        _TENSOR_HEADERS.clear()
-    _TENSOR_HEADERS[key] = result
+    if len(layouts.tensor_headers) >= _MAX_TENSOR_HEADERS:  # shapes come from events: stay bounded
+        layouts.tensor_headers.clear()
+    layouts.tensor_headers[key] = result
     return result
 
 
@@ -227,11 +225,20 @@ class _Skeleton:
     header: bytes | None = None
 
 
-_SKELETONS: dict[tuple[str, str], list[_Skeleton]] = {}
 _MAX_SKELETONS = 8  # layouts remembered per version (row counts, subsets of outputs)
 
 
-def _learn(value: bytes, start: int, ref: Reference) -> bool:
+class Layouts:
+    """What decoding has learned about record layouts, per version: kept by its owner (one per
+    monitor), since versions and their references belong to one model repository."""
+
+    def __init__(self) -> None:
+        self.skeletons: dict[tuple[str, str], list[_Skeleton]] = {}
+        # Tensor header (the bytes between "{" and `"data":[`) -> (name, rows, values per row).
+        self.tensor_headers: dict[tuple[tuple[str, str], bytes], tuple[str, int, int] | None] = {}
+
+
+def _learn(value: bytes, start: int, ref: Reference, layouts: Layouts) -> bool:
     """Check the tensors' headers one by one; on success remember the layout as a skeleton.
     True when the layout is new."""
     find = value.find
@@ -239,7 +246,7 @@ def _learn(value: bytes, start: int, ref: Reference) -> bool:
     pos, expect = start + len(INPUTS_KEY), b"]}]," + b'"outputs":['
     while True:
         data = find(DATA_KEY, pos)
-        header = _tensor_header(ref, value[pos:data]) if data > 0 else None
+        header = _tensor_header(ref, value[pos:data], layouts) if data > 0 else None
         if header is None or (spans and header[1] != spans[0][3] // ref.width) or (not spans and header[0] != ref.input_name):
             return False
         data += len(DATA_KEY)
@@ -277,7 +284,7 @@ def _learn(value: bytes, start: int, ref: Reference) -> bool:
                 skeleton = replace(skeleton, header=value[model_at:start])
         except orjson.JSONDecodeError:
             pass
-    known = _SKELETONS.setdefault(ref.key, [])
+    known = layouts.skeletons.setdefault(ref.key, [])
     if len(known) >= _MAX_SKELETONS:
         known.pop(0)
     if skeleton in known:
@@ -309,7 +316,7 @@ def _pick(values: list, index: np.ndarray) -> list:
     return list(itemgetter(*index)(values)) if len(index) > 1 else [values[i] for i in index]
 
 
-def _prefix_parts(values: list, references: ReferenceStore, ts_all: np.ndarray,
+def _prefix_parts(values: list, references: ReferenceStore, layouts: Layouts, ts_all: np.ndarray,
                   versions: dict[tuple[str, str], _Version]) -> np.ndarray:
     """The cheapest path, for records laid out exactly as the gateway writes them: no JSON
     parsing at all but of the numbers. The bytes from `"model_name"` to the last number must be
@@ -321,13 +328,17 @@ def _prefix_parts(values: list, references: ReferenceStore, ts_all: np.ndarray,
         prefixed = np.fromiter(map(bytes.startswith, values, repeat(PREFIX)), bool, len(values))
     except TypeError:  # a null value in the batch
         return handled
-    for key, skeletons in list(_SKELETONS.items()):
+    for key, skeletons in list(layouts.skeletons.items()):
+        try:
+            ref = references.get(*key)
+        except ReferenceUnavailable:
+            continue
         for skeleton in skeletons:
             todo = np.flatnonzero(prefixed & (model_at > 0) & ~handled)
             if skeleton.header is None or not len(todo):
                 continue
             vals = _pick(values, todo)
-            matched, part = _match_skeleton(skeleton, references.get(*key), vals, model_at[todo], skeleton.header)
+            matched, part = _match_skeleton(skeleton, ref, vals, model_at[todo], skeleton.header)
             if part is None:
                 continue
             keep = np.flatnonzero(matched)
@@ -341,12 +352,12 @@ def _prefix_parts(values: list, references: ReferenceStore, ts_all: np.ndarray,
             part.positions, part.ts_ms = positions, np.array(list(map(int, digits)), dtype=np.int64)
             ts_all[positions] = part.ts_ms
             handled[positions] = True
-            versions.setdefault(key, _Version(references.get(*key))).parts.append(part)
+            versions.setdefault(key, _Version(ref)).parts.append(part)
     return handled
 
 
-def _fast_parts(values: list, where: np.ndarray, references: ReferenceStore, ts_all: np.ndarray,
-                versions: dict[tuple[str, str], _Version]) -> np.ndarray:
+def _fast_parts(values: list, where: np.ndarray, references: ReferenceStore, layouts: Layouts,
+                ts_all: np.ndarray, versions: dict[tuple[str, str], _Version]) -> np.ndarray:
     """Decode the events that match a learned skeleton, with C-level `map` loops over the batch
     instead of Python per event; `where` is each value's position in the batch. Returns which
     were decoded. Any surprise (a null value, a header that does not parse) leaves them all to
@@ -376,7 +387,7 @@ def _fast_parts(values: list, where: np.ndarray, references: ReferenceStore, ts_
         except ReferenceUnavailable:
             continue  # the per-event path counts these under their reason
         todo = np.flatnonzero(usable & (names_a == name) & (versions_a == version))
-        for skeleton in _SKELETONS.get(ref.key, ()):
+        for skeleton in layouts.skeletons.get(ref.key, ()):
             if not len(todo):
                 break
             matched, part = _match_skeleton(skeleton, ref, [vals[i] for i in todo] if len(todo) < 64
@@ -430,15 +441,18 @@ def _match_skeleton(skeleton: _Skeleton, ref: Reference, vals: list[bytes], star
     return matched, _Part(np.empty(0, np.int64), np.empty(0, np.int64), rows, inputs, outputs)
 
 
-def decode_partition(records: Sequence[KafkaRecord], references: ReferenceStore) -> PartitionBatch:
+def decode_partition(records: Sequence[KafkaRecord], references: ReferenceStore,
+                     layouts: Layouts | None = None) -> PartitionBatch:
     """Decode one partition's records (in offset order) into one block per model version."""
     skipped: Counter = Counter()
     warnings: list[tuple[str, str]] = []
     ts_all = np.full(len(records), NO_TS, dtype=np.int64)
     versions: dict[tuple[str, str], _Version] = {}
+    layouts = Layouts() if layouts is None else layouts
     values = list(map(_VALUE, records))
-    rest = np.flatnonzero(~_prefix_parts(values, references, ts_all, versions))
-    pending = rest[~_fast_parts(_pick(values, rest), rest, references, ts_all, versions)].tolist() if len(rest) else []
+    rest = np.flatnonzero(~_prefix_parts(values, references, layouts, ts_all, versions))
+    pending = rest[~_fast_parts(_pick(values, rest), rest, references, layouts, ts_all, versions)].tolist() \
+        if len(rest) else []
     slow: dict[tuple[str, str], list[tuple[int, int, np.ndarray, dict[str, np.ndarray | None]]]] = {}
     i = 0
     while i < len(pending):
@@ -454,10 +468,10 @@ def decode_partition(records: Sequence[KafkaRecord], references: ReferenceStore)
             ts_all[position] = ts_ms
             rows, outputs = _slow_event(record, ref)
             start = value.find(INPUTS_KEY)
-            if start > 0 and _learn(value, start, ref) and i < len(pending):
+            if start > 0 and _learn(value, start, ref, layouts) and i < len(pending):
                 # A new layout: the rest of the batch may take the fast path already.
                 rest = np.array(pending[i:])
-                done = _fast_parts([values[j] for j in rest], rest, references, ts_all, versions)
+                done = _fast_parts([values[j] for j in rest], rest, references, layouts, ts_all, versions)
                 pending[i:] = rest[~done].tolist()
             if ref.key not in versions:
                 versions[ref.key] = _Version(ref)

@@ -23,7 +23,7 @@ import orjson
 from gateway.config import DriftConfig
 
 from .classifier import ClassifierSettings
-from .decode import NO_TS, Block, KafkaRecord, decode_partition
+from .decode import NO_TS, Block, KafkaRecord, Layouts, decode_partition
 from .reference import Reference, ReferenceStore
 from .report import build_alert, build_report
 from .scores import Thresholds, evaluate_columns
@@ -110,6 +110,7 @@ class DriftMonitor:
         self.windows_too_small = 0
         self.report_errors = 0
         self.partitions: dict[int, _Partition] = {}
+        self.layouts = Layouts()  # learned record layouts: the fast decoding path
         self.on_warning: Callable[[str, str], None] = lambda reason, message: log.warning("drift: skipped %s", message)
         self._window_settings = window_settings(config)
 
@@ -140,7 +141,7 @@ class DriftMonitor:
         part = self.partitions[partition]
         if not records:
             return 0
-        batch = decode_partition(records, self.references)
+        batch = decode_partition(records, self.references, self.layouts)
         self.skipped.update(batch.skipped)
         for reason, message in batch.warnings:
             self.on_warning(reason, message)
