@@ -6,26 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-import uuid
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gateway.drift.consumer import DriftConsumer, DriftSettings
 from tests.conftest import free_port
-from tests.test_drift_restart import PARTITIONS, _comparable, _expected, _produce, _traffic, read_committed
+from tests.test_drift_restart import (_comparable, _expected, _produce, _traffic, create_events_topic,
+                                      read_committed)
 
 pytestmark = pytest.mark.integration
 
 
 async def test_a_consumer_group_shares_partitions_and_publishes_each_window_once(kafka_bootstrap, demo_repository):
-    topic = f"test.group.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await create_events_topic(kafka_bootstrap, "group")
     traffic = _traffic(demo_repository, seed=11)
     junk = [(0, b"{not json"), (1, b'{"schema_version": 1, "status": "error", "ts_ms": 5}')]
     half = len(traffic) // 2

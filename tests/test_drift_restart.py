@@ -56,6 +56,17 @@ def _traffic(repository, seed: int) -> list[tuple[int, bytes]]:
     return events
 
 
+async def create_events_topic(bootstrap: str, kind: str) -> str:
+    topic = f"test.{kind}.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
 async def _produce(bootstrap: str, topic: str, events: list[tuple[int, bytes]]) -> list[tuple[int, int, bytes]]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
@@ -117,13 +128,7 @@ def _start(config_path) -> subprocess.Popen:
 @pytest.mark.parametrize("windows", list(WINDOWS))
 async def test_sigkill_and_restart_publish_the_same_reports_as_an_uninterrupted_run(
         kafka_bootstrap, demo_repository, tmp_path, windows):
-    events_topic = f"test.restart.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(events_topic, num_partitions=PARTITIONS, replication_factor=1)])
-    finally:
-        await admin.close()
+    events_topic = await create_events_topic(kafka_bootstrap, "restart")
     drift = {**WINDOWS[windows], "alpha": 0.01, "classifier_on_drift": False, "max_batch": 100,
              "poll_timeout_ms": 100}
     settings = DriftSettings(model_repository=demo_repository, **drift)
