@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32, help="closed-loop connections")
     parser.add_argument("--quiet-wait", type=float, default=0.0,
                         help="wait up to this many seconds for a quiet machine before each side (0: don't)")
-    parser.add_argument("--broker-warmup", type=float, default=20.0,
+    parser.add_argument("--broker-warmup", type=float, default=60.0,
                         help="seconds of logged load before the rounds, so the broker's JIT is warm")
     parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
                         help="override a `kafka:` setting of the config (e.g. linger_ms=100), both sides")
