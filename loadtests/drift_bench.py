@@ -33,6 +33,7 @@ TEMPLATES = 2000
 CE_HEADERS = ["ce_specversion=1.0", "ce_id=00000000000000000000000000000000", "ce_type=dev.scoring-gateway.scoring.v1",
               "ce_source=/gateway/bench", "ce_time=2025-11-24T16:00:00.000Z", "content-type=application/json",
               "model=wine", "model_version=1", "schema_version=1"]
+MINIMAL_HEADERS = [h for h in CE_HEADERS if h.split("=")[0] not in ("ce_id", "ce_time", "model_version")]
 
 
 def build_templates(repository: Path, n: int, seed: int = 0) -> list[bytes]:
@@ -79,7 +80,7 @@ def write_events(path: Path, templates: list[bytes], n: int, t0_ms: int) -> None
             f.write(b"\n")
 
 
-def produce(bootstrap: str, topic: str, partitions: int, path: Path) -> None:
+def produce(bootstrap: str, topic: str, partitions: int, path: Path, headers: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     async def create() -> None:
@@ -92,10 +93,37 @@ def produce(bootstrap: str, topic: str, partitions: int, path: Path) -> None:
             await admin.close()
 
     asyncio.run(create())
-    headers = [a for h in CE_HEADERS for a in ("-H", h)]
+    headers = [a for h in headers for a in ("-H", h)]
     subprocess.run(["kcat", "-P", "-b", bootstrap, "-t", topic, "-z", "lz4", "-K", "\t", "-l",
                     "-X", "queue.buffering.max.messages=1000000", "-X", "linger.ms=50", "-X", "batch.size=1000000",
                     *headers, str(path)], check=True)
+
+
+async def _drain_raw(settings, stats_path: Path) -> None:
+    """The Kafka client alone: a bare aiokafka consumer touching each record's value."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.bootstrap_servers,
+                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+                                fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
+    cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    await consumer.start()
+    import gc
+    gc.freeze()
+    gc.set_threshold(200_000, 50, 50)  # as the drift consumer does
+    ends = await consumer.end_offsets(list(consumer.assignment()))
+    total, n, first = sum(ends.values()), 0, None
+    while n < total:
+        for records in (await consumer.getmany(timeout_ms=500, max_records=settings.max_batch)).values():
+            first = first or time.perf_counter()
+            n += len(records)
+            for r in records:
+                r.value
+    wall1, cpu1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    await consumer.stop()
+    stats_path.write_text(json.dumps({
+        "events": n, "reports": 0, "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
+        "wall_s": wall1 - wall0, "busy_s": wall1 - (first or wall0), "skipped": {}}))
 
 
 async def _drain(settings, stats_path: Path, profile: str | None, share: int) -> None:
@@ -175,8 +203,22 @@ def _busy_cpu_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_quiet(max_wait_s: float, idle_below: float = 0.3) -> tuple[float, float]:
+    """Wait (up to max_wait_s) for a second in which the machine's other jobs keep fewer than
+    `idle_below` cores busy: on this 2-vCPU machine a busy sibling slows every CPU second of
+    ours. Returns (seconds waited, busy cores in the last second measured)."""
+    start = time.perf_counter()
+    while True:
+        busy0 = _busy_cpu_s()
+        time.sleep(1.0)
+        busy = _busy_cpu_s() - busy0
+        waited = time.perf_counter() - start
+        if busy < idle_below or waited >= max_wait_s:
+            return waited, busy
+
+
 def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window_size: int,
-            workdir: Path, profile: bool) -> dict:
+            workdir: Path, profile: bool, raw: bool = False) -> dict:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     events, partitions = topic_size(bootstrap, topic)
     procs = []
@@ -187,6 +229,8 @@ def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window
                 "--group", group, "--window-size", str(window_size), "--share", str(-(-partitions // consumers))]
         if profile:
             args += ["--profile", str(workdir / f"profile-{i}.pstats")]
+        if raw:
+            args.append("--raw")
         procs.append(subprocess.Popen(args, cwd=ROOT))
     for p in procs:
         if p.wait() != 0:
@@ -215,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-size", type=int, default=50_000, help="rows per window (count), per version and partition")
     parser.add_argument("--repository", type=Path, default=None, help="demo models (built into a temp dir if unset)")
     parser.add_argument("--topic", default=None, help="drain this already filled topic instead of producing one")
+    parser.add_argument("--minimal-headers", action="store_true",
+                        help="records with 6 of the gateway's 9 headers (shows the client's per-header cost)")
+    parser.add_argument("--raw", action="store_true",
+                        help="time a bare aiokafka consumer instead of the drift consumer (the client's own cost)")
+    parser.add_argument("--quiet-wait", type=float, default=120.0,
+                        help="seconds to wait at most for an idle machine before each run")
     parser.add_argument("--profile", default=None, help="write cProfile stats of the consumer(s)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
@@ -229,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
                                  reports_topic=f"{args.topic}.drift", group_id=args.group,
                                  model_repository=args.repository, window_size=args.window_size,
                                  classifier_on_drift=False, poll_timeout_ms=200)
-        asyncio.run(_drain(settings, args.worker, args.profile, args.share))
+        if args.raw:
+            asyncio.run(_drain_raw(settings, args.worker))
+        else:
+            asyncio.run(_drain(settings, args.worker, args.profile, args.share))
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="drift-bench-"))
@@ -246,19 +299,23 @@ def main(argv: list[str] | None = None) -> int:
         templates = build_templates(repository, TEMPLATES)
         events_file = workdir / "events.txt"
         write_events(events_file, templates, args.events, t0_ms=1_764_000_000_000)
-        produce(args.bootstrap, topic, args.partitions, events_file)
+        produce(args.bootstrap, topic, args.partitions, events_file,
+                MINIMAL_HEADERS if args.minimal_headers else CE_HEADERS)
         events_file.unlink()
         print(f"produced {args.events:,} events ({len(templates[0])} bytes each) into {topic} "
               f"({args.partitions} partitions) in {time.perf_counter() - t:.1f} s", flush=True)
     results = []
     for consumers in args.consumers:
         for repeat in range(args.repeats):
+            waited, before = wait_for_quiet(args.quiet_wait)
             r = consume(args.bootstrap, topic, repository, consumers, args.window_size, workdir,
-                        bool(args.profile) and repeat == 0)
+                        bool(args.profile) and repeat == 0, args.raw)
+            r["waited_for_quiet_s"], r["busy_cores_before"] = waited, before
             results.append(r)
             print(f"consumers={consumers} run={repeat + 1}: {r['events']:,} events ({r['records_read']:,} read), {r['reports']} reports, "
                   f"{r['events_per_s']:,.0f} events/s wall, {r['events_per_cpu_s']:,.0f} events per CPU second "
-                  f"(cpu {r['cpu_s']:.2f} s, busy {r['busy_s']:.2f} s; other load {r['other_cores']:.2f} cores)",
+                  f"(cpu {r['cpu_s']:.2f} s, busy {r['busy_s']:.2f} s; other load {r['other_cores']:.2f} cores, "
+                  f"{r['busy_cores_before']:.2f} before, after waiting {r['waited_for_quiet_s']:.0f} s)",
                   flush=True)
     summary = {}
     for consumers in args.consumers:
