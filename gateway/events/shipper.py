@@ -30,6 +30,7 @@ from scorers.protocol import HEADER, encode, split_frames
 
 log = logging.getLogger("gateway.events")
 METRICS_INTERVAL = 1.0
+FLUSH_INTERVAL = 0.002  # one write to the shipper per 2 ms: fewer syscalls and wake-ups per event
 # The shipper reads its socket at most this often: between reads it stops polling the socket,
 # so events wait in the kernel's socket buffer (safe if the gateway dies: the shipper still
 # reads them) and arrive in bursts; the fixed cost of a wake-up (epoll, read, callbacks: more
@@ -84,11 +85,13 @@ class EventShipper:
             self.lost += 1
             return
         if not self._outbox:
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
         self._outbox.append(encode(meta, arrays))
 
     def _flush(self) -> None:
         frames, self._outbox = self._outbox, []
+        if not frames:
+            return  # already flushed (stop() flushes at once)
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(b"".join(frames))
         else:
