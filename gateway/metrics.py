@@ -37,3 +37,9 @@ WORKER_RESTARTS = Counter(
 SHADOW_IN_FLIGHT = Gauge(
     "gateway_shadow_in_flight", "Challenger calls started and not yet finished.", ["model", "version"]
 )
+FEEDBACK_RECORDS = Counter(
+    "gateway_feedback_records_total",
+    "Feedback records by outcome: received, joined (here), forwarded (to the replica that served), "
+    "unmatched (no Kafka and not served here), rejected (did not fit the prediction).",
+    ["outcome"],
+)

@@ -8,7 +8,6 @@ import signal
 from collections import Counter, defaultdict
 
 import aiohttp
-import numpy as np
 import orjson
 import pytest
 import yaml

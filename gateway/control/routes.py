@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from gateway.config import (ROUTE, error_key, BanditRoute, BlueGreenRoute, CanaryRoute, ConfigError, ShadowRoute,
+from gateway.config import (ROUTE, error_key, BlueGreenRoute, CanaryRoute, ConfigError, ShadowRoute,
                             load_config, unknown_version_message)
 from gateway.control.audit import AuditLog
 from gateway.errors import ApiError, BadRequest, NotFound, Unavailable

@@ -33,7 +33,6 @@ class Experiment:
         self.bandit = BanditState()
         # (served arm, challenger) -> (served loss, challenger loss) per row, for the paired test
         self.pairs: dict[tuple[str, str], deque[tuple[float, float]]] = {}
-        self.integer_outputs = True
 
     def apply(self, joined: dict[str, Any]) -> None:
         arm, reward, outcomes = joined["arm"], joined.get("reward"), joined.get("outcomes") or {}
@@ -49,8 +48,6 @@ class Experiment:
             tally.rows += len(losses)
             tally.loss_sum += sum(losses)
             tally.correct += sum(1 for loss in losses if loss == 0)
-            if any(loss not in (0.0, 1.0) for loss in losses):
-                self.integer_outputs = False
             for version, other in outcomes.items():
                 if version != arm:
                     pairs = self.pairs.setdefault((arm, version), deque(maxlen=MAX_PAIRS))

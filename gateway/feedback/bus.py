@@ -73,9 +73,13 @@ class FeedbackReader:
             applied += await self._poll(timeout_ms=100)
         partitions = sorted(self._consumer.assignment())
         ends = await self._consumer.end_offsets(partitions)
-        while loop.time() < deadline:
+        while True:
             behind = [tp for tp in partitions if await self._consumer.position(tp) < ends[tp]]
             if not behind:
+                break
+            if loop.time() >= deadline:
+                log.warning("feedback topic not replayed within %.0f s (%d partitions behind): serving with "
+                            "partial experiment state; the rest is applied as it is read", catch_up_timeout, len(behind))
                 break
             applied += await self._poll()
         self._task = asyncio.create_task(self._follow())

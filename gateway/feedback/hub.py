@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from gateway.experiments.tracker import ExperimentTracker
+from gateway.metrics import FEEDBACK_RECORDS
 from gateway.feedback.bus import KafkaControl
 from gateway.feedback.join import Feedback, JoinError, join, parse_feedback, raw_record
 from gateway.feedback.store import PredictionStore
@@ -25,7 +26,6 @@ class FeedbackHub:
         self.instance = instance
         self.control = control
         self.topic = topic
-        self.counts = {"received": 0, "joined": 0, "forwarded": 0, "unmatched": 0, "rejected": 0}
         self._background: set[asyncio.Task] = set()
 
     # -- the request path -----------------------------------------------------------------
@@ -52,19 +52,17 @@ class FeedbackHub:
             except JoinError as exc:
                 self.store.restore(feedback.request_id, pending)
                 errors.append({"index": i, "id": feedback.request_id, "error": str(exc)})
-        self.counts["received"] += len(items)
-        self.counts["rejected"] += len(errors)
         if self.control is None:
             for record in joined:
                 self.tracker.apply(record)
-            self.counts["unmatched"] += len(forwarded)
             forwarded_count = 0
         else:
             records = [(r["request_id"], r) for r in joined + forwarded]
             await self.control.send_many(self.topic, records)
             forwarded_count = len(forwarded)
-        self.counts["joined"] += len(joined)
-        self.counts["forwarded"] += forwarded_count
+        for outcome, count in (("received", len(items)), ("rejected", len(errors)), ("joined", len(joined)),
+                               ("forwarded", forwarded_count), ("unmatched", len(forwarded) - forwarded_count)):
+            FEEDBACK_RECORDS.labels(outcome).inc(count)
         return {"accepted": len(items) - len(errors), "joined": len(joined), "forwarded": forwarded_count,
                 "unmatched": len(forwarded) - forwarded_count, "errors": errors}
 
@@ -85,7 +83,7 @@ class FeedbackHub:
         async def publish() -> None:
             try:
                 await self.control.send(self.topic, joined["request_id"], joined)
-                self.counts["joined"] += 1
+                FEEDBACK_RECORDS.labels("joined").inc()
             except Exception:
                 log.exception("joined feedback for %s not written", joined["request_id"])
         task = asyncio.get_running_loop().create_task(publish())
