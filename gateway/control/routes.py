@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from gateway.config import (ROUTE, error_key, BlueGreenRoute, CanaryRoute, ConfigError, ShadowRoute,
                             load_config, unknown_version_message)
 from gateway.control.audit import AuditLog
-from gateway.errors import ApiError, BadRequest, NotFound, Unavailable
+from gateway.errors import BadRequest, Conflict, NotFound, Unavailable
 from gateway.experiments.bandits import BanditState
 from gateway.routing import Policy, build_policy
 from gateway.routing.bluegreen import BlueGreenPolicy
@@ -25,10 +25,6 @@ from gateway.routing.canary import CanaryPolicy
 from gateway.service import DeployedModel, ScoringService
 
 log = logging.getLogger("gateway.control")
-
-
-class Conflict(ApiError):
-    status = 409
 
 
 def _dump(route: Any) -> dict[str, Any]:

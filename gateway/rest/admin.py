@@ -13,19 +13,11 @@ import orjson
 from aiohttp import web
 
 from gateway.control.routes import RouteController
-from gateway.errors import ApiError, BadRequest
+from gateway.errors import BadRequest, Forbidden, Unauthorized
 
 CONTROLLER = web.AppKey("controller", RouteController)
 TOKENS = web.AppKey("admin_tokens", dict)
 JSON = "application/json"
-
-
-class Unauthorized(ApiError):
-    status = 401
-
-
-class Forbidden(ApiError):
-    status = 403
 
 
 def actor(request: web.Request) -> str:
