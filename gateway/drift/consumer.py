@@ -209,21 +209,23 @@ class DriftConsumer:
             await self._publish(ready)
             await self._commit()
             return
-        offsets = self._checkpoints(ready)
+        for item in ready:  # the checkpoints sent in this transaction must already count them as published
+            self.monitor.published(item)
+        offsets = self._changed_checkpoints()
         if not ready and not offsets:
             return
         async with self._producer.transaction():
             records = await self._send(ready)
             if offsets:
-                await self._producer.send_offsets_to_transaction(
-                    {TopicPartition(self.settings.events_topic, p): c for p, c in offsets.items()}, self.settings.group_id)
-        self._published(ready, records)
+                await self._producer.send_offsets_to_transaction(self._topic_offsets(offsets), self.settings.group_id)
+        self._count_published(records)
         self._committed.update(offsets)
 
-    def _checkpoints(self, ready: list[Outgoing]) -> dict[int, tuple[int, str]]:
-        """The changed checkpoints of every partition, as they will be once `ready` is published."""
-        for item in ready:
-            self.monitor.published(item)
+    def _topic_offsets(self, offsets: dict[int, tuple[int, str]]) -> dict[TopicPartition, tuple[int, str]]:
+        return {TopicPartition(self.settings.events_topic, p): c for p, c in offsets.items()}
+
+    def _changed_checkpoints(self) -> dict[int, tuple[int, str]]:
+        """Every partition's checkpoint that differs from the one last committed."""
         offsets = {}
         for p in list(self.monitor.partitions):
             checkpoint = self.monitor.checkpoint(p)
@@ -242,7 +244,8 @@ class DriftConsumer:
         await asyncio.gather(*futures)
         return records
 
-    def _published(self, items: list[Outgoing], records: list[dict]) -> None:
+    def _count_published(self, records: list[dict]) -> None:
+        """Counters, metrics and log lines: only once the broker has acknowledged the records."""
         for record in records:
             if record["type"] == "drift_report":
                 self.reports_published += 1
@@ -258,15 +261,15 @@ class DriftConsumer:
         records = await self._send(items)
         for item in items:
             self.monitor.published(item)
-        self._published(items, records)
+        self._count_published(records)
 
     async def _commit(self) -> None:
         assert self._consumer is not None
-        offsets = self._checkpoints([])
+        offsets = self._changed_checkpoints()
         if not offsets:
             return
         try:
-            await self._consumer.commit({TopicPartition(self.settings.events_topic, p): c for p, c in offsets.items()})
+            await self._consumer.commit(self._topic_offsets(offsets))
         except (CommitFailedError, IllegalStateError) as exc:
             # The group is rebalancing: whoever gets these partitions re-reads from the last commit.
             log.warning("drift: offset commit failed (%s); events since the last commit will be re-read", exc)
@@ -279,11 +282,10 @@ class DriftConsumer:
         and the new owner's offset fetch (OffsetFetch below v7, as aiokafka sends it) does not
         wait for them: without this it could resume from an older checkpoint and publish again."""
         assert self._consumer is not None
-        offsets = {TopicPartition(self.settings.events_topic, p): self._committed[p]
-                   for p in partitions if p in self._committed}
+        offsets = {p: self._committed[p] for p in partitions if p in self._committed}
         if offsets:
             try:
-                await self._consumer.commit(offsets)
+                await self._consumer.commit(self._topic_offsets(offsets))
             except (CommitFailedError, IllegalStateError) as exc:
                 log.warning("drift: handover commit failed (%s); the new owner may re-publish a window", exc)
 
