@@ -33,6 +33,7 @@ log = logging.getLogger("gateway.drift")
 
 CHECKPOINT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 4000  # Kafka's default offset.metadata.max.bytes is 4096
+KEY_SEPARATOR = "\x1f"  # joins model name and version in checkpoint keys (neither may contain it)
 
 ClassifierRunner = Callable[[np.ndarray, np.ndarray, tuple[str, ...], str, ClassifierSettings], "Future[dict]"]
 
@@ -53,7 +54,7 @@ class Outgoing:
 
     partition: int
     key: tuple[str, str]
-    report: dict[str, Any]
+    report: dict[str, Any] | None  # None: the window is passed over, only its checkpoint moves
     alert: dict[str, Any] | None
     progress: Progress  # the version's progress once this is published
     first_offset: int  # re-read from here to rebuild the window if it is not published
@@ -124,8 +125,9 @@ class DriftMonitor:
             partition, c.window_by, c.window_size, c.window_slide,
             lateness_ms=int(c.lateness_seconds * 1000), max_rows=c.window_max_rows,
             keep_previous=c.compare_previous, max_ts=state.get("ts"))
-        progress = {tuple(k.split("\x1f", 1)): Progress(*v[1:]) for k, v in state.get("keys", {}).items()}
-        skip = {tuple(k.split("\x1f", 1)): v[0] for k, v in state.get("keys", {}).items() if v[0] is not None}
+        keys = {tuple(k.split(KEY_SEPARATOR, 1)): v for k, v in state.get("keys", {}).items()}
+        progress = {key: Progress(*v[1:]) for key, v in keys.items()}
+        skip = {key: v[0] for key, v in keys.items() if v[0] is not None}
         self.partitions[partition] = _Partition(windows, skip, dict(progress), dict(progress))
 
     def revoke(self, partition: int) -> None:
@@ -146,23 +148,20 @@ class DriftMonitor:
         for reason, message in batch.warnings:
             self.on_warning(reason, message)
         windows = part.windows
+        # running[i]: the partition's largest ts_ms before record i (the windows' watermark input).
         running = np.maximum.accumulate(np.concatenate(([windows.max_ts], batch.ts_ms)))
         closed: list[ClosedWindow] = []
+        late_before = windows.late_events
         for block in batch.blocks:
             block = _from_offset(block, part.skip_below.get(block.key))
             if block is not None:
-                late_before = windows.late_events
                 closed.extend(windows.add(block, running[block.positions]))
-                self.skipped["late"] += windows.late_events - late_before
+        if windows.late_events > late_before:
+            self.skipped["late"] += windows.late_events - late_before
         windows.observe(int(running[-1]))
         closed.extend(windows.close())
         part.position = records[-1].offset + 1
-        built = 0
-        for window in closed:
-            built += self._window(part, window)
-        if not self.skipped["late"]:
-            del self.skipped["late"]
-        return built
+        return sum(self._window(part, window) for window in closed)
 
     def _window(self, part: _Partition, window: ClosedWindow) -> int:
         progress = part.live.get(window.key, Progress())
@@ -171,8 +170,7 @@ class DriftMonitor:
             return 0
         if window.start_ms is not None and window.n_rows < self.config.min_window_rows:
             self.windows_too_small += 1
-            part.live[window.key] = replace(progress, published=window.marker)
-            self._queue(part, window, None, None, part.live[window.key])
+            self._pass_over(part, window, progress)
             return 0
         ref = self.references.get(*window.key)  # cached since decoding
         try:
@@ -180,8 +178,7 @@ class DriftMonitor:
         except Exception:  # a poison window must not crash-loop the consumer on re-read
             self.report_errors += 1
             log.exception("drift: no report for window %s (%d rows)", window.window_id, window.n_rows)
-            part.live[window.key] = replace(progress, published=window.marker)
-            self._queue(part, window, None, None, part.live[window.key])
+            self._pass_over(part, window, progress)
             return 0
         history = (progress.history + ("1" if report["drift"] else "0"))[-self.config.alarm_n:]
         drifted = history.count("1")
@@ -203,6 +200,12 @@ class DriftMonitor:
         self.windows_built += 1
         return 1
 
+    def _pass_over(self, part: _Partition, window: ClosedWindow, progress: Progress) -> None:
+        """No report, but queued all the same: the checkpoint must not move past the window's
+        events before the windows ahead of it are published."""
+        part.live[window.key] = replace(progress, published=window.marker)
+        self._queue(part, window, None, None, part.live[window.key])
+
     def _queue(self, part: _Partition, window: ClosedWindow, report: dict | None, alert: dict | None,
                progress: Progress, future: Future | None = None) -> None:
         first = min(window.panes, key=lambda p: p.first_offset)
@@ -212,14 +215,14 @@ class DriftMonitor:
     def _report(self, window: ClosedWindow, ref: Reference) -> dict[str, Any]:
         cap = self.config.window_max_rows
         inputs, outputs = window.sample(cap)
-        columns = {name: inputs[:, i] for i, name in enumerate(ref.feature_names)}
+        columns = _feature_columns(ref, inputs)
         features = evaluate_columns(columns, ref.features, self.thresholds)
         output_refs = {c.key: c.reference for c in ref.outputs}
         predictions = evaluate_columns(outputs, output_refs, self.thresholds)
         previous = None
         earlier = window.previous_sample(cap) if self.config.compare_previous else None
         if earlier is not None:
-            prev_columns = {**{n: earlier[0][:, i] for i, n in enumerate(ref.feature_names)}, **earlier[1]}
+            prev_columns = {**_feature_columns(ref, earlier[0]), **earlier[1]}
             changes = evaluate_columns({**columns, **outputs}, {**ref.features, **output_refs},
                                        self.thresholds, against=prev_columns)
             previous = (window.previous_id, changes)
@@ -255,11 +258,8 @@ class DriftMonitor:
         if part is None or part.position is None:
             return None
         windows = part.windows
-        resume: dict[tuple[str, str], tuple[int, int]] = {}  # version -> (offset, max ts before it)
-        for key in windows.keys:
-            off = windows.keys[key].resume_offset()
-            if off is not None:
-                resume[key] = (off, windows.max_ts_before(key) or NO_TS)
+        # version -> (offset, max ts before it)
+        resume = {key: (off, windows.max_ts_before(key) or NO_TS) for key, off in windows.resume_offsets().items()}
         for item in part.outbox:  # built but unpublished: rebuild it after a restart
             if item.key not in resume or item.first_offset < resume[item.key][0]:
                 resume[item.key] = (item.first_offset, item.max_ts_before)
@@ -271,7 +271,7 @@ class DriftMonitor:
         for key in set(part.published) | set(resume) | set(part.skip_below):
             skip = resume[key][0] if key in resume else max(part.position, part.skip_below.get(key, 0))
             p = part.published.get(key, Progress())
-            keys["\x1f".join(key)] = [skip if skip > offset else None, p.published, p.history, p.active, p.count]
+            keys[KEY_SEPARATOR.join(key)] = [skip if skip > offset else None, p.published, p.history, p.active, p.count]
         metadata = orjson.dumps({"v": CHECKPOINT_VERSION, "ts": None if max_ts == NO_TS else max_ts,
                                  "keys": keys}).decode()
         if len(metadata) > MAX_CHECKPOINT_BYTES:
@@ -279,6 +279,10 @@ class DriftMonitor:
                         partition, len(metadata))
             metadata = orjson.dumps({"v": CHECKPOINT_VERSION, "ts": None if max_ts == NO_TS else max_ts}).decode()
         return offset, metadata
+
+
+def _feature_columns(ref: Reference, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    return {name: inputs[:, i] for i, name in enumerate(ref.feature_names)}
 
 
 def _decode_checkpoint(metadata: str | None) -> dict[str, Any]:
