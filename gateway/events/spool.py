@@ -56,10 +56,6 @@ def _decode(inner: bytes) -> WireRecord:
     return WireRecord(topic, key, value, [(k, v.encode()) for k, v in headers])
 
 
-class SpoolFull(Exception):
-    pass
-
-
 class DiskSpool:
     def __init__(self, directory: str | Path, max_bytes: int, segment_bytes: int = 64 << 20, fsync: bool = False):
         self.directory = Path(directory)
@@ -111,21 +107,22 @@ class DiskSpool:
     def size_bytes(self) -> int:
         return sum(self._sizes.values())
 
-    @property
-    def empty(self) -> bool:
-        """True when every spooled record has been read (not necessarily acknowledged)."""
+    def _at_end(self, position: Position) -> bool:
+        """Whether `position` is past the last spooled record."""
         if not self._segments:
             return True
         last = self._segments[-1]
-        return self._read >= Position(last, self._sizes[last])
+        return position >= Position(last, self._sizes[last])
+
+    @property
+    def empty(self) -> bool:
+        """True when every spooled record has been read (not necessarily acknowledged)."""
+        return self._at_end(self._read)
 
     @property
     def drained(self) -> bool:
         """True when every spooled record has been acknowledged."""
-        if not self._segments:
-            return True
-        last = self._segments[-1]
-        return self._acked >= Position(last, self._sizes[last])
+        return self._at_end(self._acked)
 
     def append(self, records: list[WireRecord]) -> int:
         """Append in order; returns how many fit under `max_bytes` (the rest are refused)."""
