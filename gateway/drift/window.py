@@ -76,7 +76,7 @@ class Pane:
     def _compact(self, cap: int) -> None:
         """Keep the `cap` rows of smallest priority (amortised: only when twice over the cap)."""
         inputs, outputs, priorities = self.arrays()
-        keep = np.sort(np.argpartition(priorities, cap - 1)[:cap]) if len(priorities) > cap else slice(None)
+        keep = _smallest(priorities, cap) if len(priorities) > cap else slice(None)
         self._inputs = [inputs[keep]]
         self._outputs = {k: [v[keep]] for k, v in outputs.items()}
         self._priorities = [priorities[keep]]
@@ -127,6 +127,11 @@ class ClosedWindow:
         return _union(self.previous, cap) if self.previous else None
 
 
+def _smallest(priorities: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of the `cap` smallest priorities, in row order (the bottom-k sample)."""
+    return np.sort(np.argpartition(priorities, cap - 1)[:cap])
+
+
 def _union(panes: tuple[Pane, ...], cap: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """All rows of the panes, or, past `cap`, the `cap` of smallest priority: a uniform sample."""
     parts = [p.arrays() for p in panes if p._inputs]
@@ -134,7 +139,7 @@ def _union(panes: tuple[Pane, ...], cap: int) -> tuple[np.ndarray, dict[str, np.
     outputs = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
     priorities = np.concatenate([p[2] for p in parts])
     if len(priorities) == len(inputs) and len(inputs) > cap:
-        keep = np.sort(np.argpartition(priorities, cap - 1)[:cap])
+        keep = _smallest(priorities, cap)
         inputs, outputs = inputs[keep], {k: v[keep] for k, v in outputs.items()}
     return inputs, outputs
 
@@ -147,11 +152,8 @@ class _KeyPanes:
         self.closed: deque[Pane] = deque()
         self.next_index = 0  # count mode
 
-    def resume_offset(self) -> int | None:
-        firsts = [p.first_offset for p in self.open.values()] + [p.first_offset for p in self.closed]
-        return min(firsts) if firsts else None
-
     def oldest(self) -> Pane | None:
+        """The pane a restart must start rebuilding from (smallest first offset)."""
         panes = list(self.open.values()) + list(self.closed)
         return min(panes, key=lambda p: p.first_offset) if panes else None
 
@@ -274,7 +276,7 @@ class PartitionWindows:
 
     def resume_offsets(self) -> dict[tuple[str, str], int]:
         """Per model version, the first offset a restart must re-read to rebuild its panes."""
-        return {key: off for key, state in self.keys.items() if (off := state.resume_offset()) is not None}
+        return {key: pane.first_offset for key, state in self.keys.items() if (pane := state.oldest()) is not None}
 
     def max_ts_before(self, key: tuple[str, str]) -> int | None:
         pane = self.keys[key].oldest() if key in self.keys else None
