@@ -23,9 +23,10 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from gateway.events.records import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
+
 from .reference import Reference, ReferenceStore, ReferenceUnavailable
 
-EVENT_SCHEMA_VERSION = 1
 # The model gave no answer: counted, not warned about (docs/drift.md).
 NOT_OK_STATUSES = frozenset(("error", "timeout", "unavailable"))
 
@@ -80,7 +81,7 @@ NO_TS = np.iinfo(np.int64).min
 _MAX_TENSOR_HEADERS = 10_000
 INPUTS_KEY = b',"inputs":['
 MODEL_KEY = b',"model_name":"'
-PREFIX = b'{"schema_version":1,"event_id":"'
+PREFIX = b'{"schema_version":%d,"event_id":"' % EVENT_SCHEMA_VERSION
 PREFIX_KEYS = ["schema_version", "event_id", "timestamp", "ts_ms", "request_id"]
 TS_KEY, REQUEST_KEY = b',"ts_ms":', b',"request_id":"'
 DATA_KEY = b'"data":['
@@ -368,7 +369,7 @@ def _fast_parts(values: list, where: np.ndarray, references: ReferenceStore, lay
         candidates = np.flatnonzero(starts > 0)
         if not len(candidates):
             return handled
-        vals = list(itemgetter(*candidates)(values)) if len(candidates) > 1 else [values[candidates[0]]]
+        vals = _pick(values, candidates)
         st = starts[candidates].tolist()
         heads = map(orjson.loads, map(bytes.__add__, map(bytes.__getitem__, vals, map(slice, st)), repeat(b"}")))
         schema, status, names, version_names, ts = zip(*map(_HEADER_FIELDS, heads))
@@ -390,8 +391,7 @@ def _fast_parts(values: list, where: np.ndarray, references: ReferenceStore, lay
         for skeleton in layouts.skeletons.get(ref.key, ()):
             if not len(todo):
                 break
-            matched, part = _match_skeleton(skeleton, ref, [vals[i] for i in todo] if len(todo) < 64
-                                            else list(itemgetter(*todo)(vals)), starts[candidates[todo]])
+            matched, part = _match_skeleton(skeleton, ref, _pick(vals, todo), starts[candidates[todo]])
             if part is None:
                 continue
             positions = where[candidates[todo[matched]]]
