@@ -41,7 +41,7 @@ async def read_topic(bootstrap: str | list[str], topic: str, timeout_s: float = 
     out = []
     try:
         partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
-        if not partitions:
+        if not partitions:  # created after start; aiokafka has no public refresh short of subscribing
             await consumer._client.force_metadata_update()
             partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or ())]
         consumer.assign(partitions)
