@@ -81,16 +81,11 @@ def write_events(path: Path, templates: list[bytes], n: int, t0_ms: int) -> None
 
 
 def produce(bootstrap: str, topic: str, partitions: int, path: Path, headers: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from gateway.events.topics import ensure_topics
 
     async def create() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1),
-                                       NewTopic(f"{topic}.drift", num_partitions=1, replication_factor=1)])
-        finally:
-            await admin.close()
+        await ensure_topics(bootstrap, [topic], partitions, replication_factor=1)
+        await ensure_topics(bootstrap, [f"{topic}.drift"], 1, replication_factor=1)
 
     asyncio.run(create())
     headers = [a for h in headers for a in ("-H", h)]
@@ -103,6 +98,8 @@ async def _drain_raw(settings, stats_path: Path) -> None:
     """The Kafka client alone: a bare aiokafka consumer touching each record's value."""
     from aiokafka import AIOKafkaConsumer
 
+    from gateway.drift.consumer import GC_THRESHOLD
+
     consumer = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.bootstrap_servers,
                                 group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
                                 fetch_max_bytes=64 * 1024 * 1024, max_partition_fetch_bytes=16 * 1024 * 1024)
@@ -110,7 +107,7 @@ async def _drain_raw(settings, stats_path: Path) -> None:
     await consumer.start()
     import gc
     gc.freeze()
-    gc.set_threshold(200_000, 50, 50)  # as the drift consumer does
+    gc.set_threshold(GC_THRESHOLD, 50, 50)  # as the drift consumer does
     ends = await consumer.end_offsets(list(consumer.assignment()))
     total, n, first = sum(ends.values()), 0, None
     while n < total:

@@ -19,12 +19,12 @@ import orjson
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
 
 from gateway.drift.consumer import DriftSettings
 from gateway.drift.monitor import DriftMonitor
 from gateway.drift.reference import ReferenceStore
+from gateway.events.topics import ensure_topics
 from gateway.models.demo import sample_wines
 from gateway.models.repository import ModelRepository
 from tests.conftest import ROOT
@@ -58,12 +58,7 @@ def _traffic(repository, seed: int) -> list[tuple[int, bytes]]:
 
 async def create_events_topic(bootstrap: str, kind: str) -> str:
     topic = f"test.{kind}.{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])
-    finally:
-        await admin.close()
+    await ensure_topics(bootstrap, [topic], PARTITIONS, replication_factor=1)
     return topic
 
 
