@@ -1,12 +1,13 @@
 """Delivers scoring events to Kafka without ever making a caller wait, and without losing any.
 
-`log()` only appends to a bounded in-memory queue. A drain task packs records into Kafka
-record batches per partition itself (one future per batch, not per record: per-record sends
-cost more CPU than the scoring they log) and hands them to an idempotent aiokafka producer
-(acks=all), tracking each batch until Kafka confirms it. When Kafka is down or slow (a send
-or a confirmation takes longer than `stall_timeout`), records go to the disk spool instead, and
-so does everything after them, so order is kept; a replay task sends the spool back in order
-once the broker answers again, then delivery returns to direct mode.
+`log_wires()` only appends records, already serialised, to a bounded in-memory queue. A drain
+task packs them into Kafka record batches per partition itself (one future per batch, not per
+record: per-record sends cost more CPU than the scoring they log) and hands them to an
+idempotent aiokafka producer (acks=all), tracking each batch until Kafka confirms it. When
+Kafka is down or slow (a send or a confirmation takes longer than `stall_timeout`), records go
+to the disk spool instead, and so does everything after them, so order is kept; a replay task
+sends the spool back in order once the broker answers again, then delivery returns to direct
+mode.
 
 Delivery is at least once: a record handed to the spool while its first send was still pending
 can arrive twice (counted as `resent`); `event_id` identifies duplicates downstream.
@@ -25,7 +26,6 @@ from aiokafka import codec
 from aiokafka.record import default_records
 
 from . import metrics
-from .records import to_wire
 from .spool import DiskSpool, WireRecord
 from .topics import ensure_topics
 
@@ -94,6 +94,8 @@ class _Partitioner:
 
 class EventLogger:
     DRAIN_BATCH = 2000  # records packed into Kafka batches and sent per turn of the drain loop
+    REPLAY_BATCH = 2000  # spooled records read and sent per turn of the replay loop
+    MAX_IN_FLIGHT = 50_000  # unconfirmed records beyond which new ones go to the spool (bounds memory)
     MAX_EVENT_BYTES = 1_000_000  # the broker's default message.max.bytes, with room for headers
 
     def __init__(
@@ -105,15 +107,11 @@ class EventLogger:
         linger_ms: int = 20,
         compression: str | None = "lz4",
         stall_timeout: float = 2.0,
-        max_in_flight: int = 50_000,
-        replay_batch: int = 2000,
         create_topics: tuple[list[str], int, int] | None = None,
     ):
         self.topic = topic
         self.spool = spool
         self.stall_timeout = stall_timeout
-        self.max_in_flight = max_in_flight
-        self.replay_batch = replay_batch
         self.linger = linger_ms / 1000
         self._create_topics = create_topics  # (names, partitions, replication factor)
         self._producer_args = dict(
@@ -140,10 +138,6 @@ class EventLogger:
         metrics.EVENT_SPOOL_BYTES.set(spool.size_bytes)
 
     # -- the caller's side -------------------------------------------------------------------
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Never blocks: queue it, or spool it when the queue is full."""
-        self.log_wires([to_wire(record, self.topic)])
 
     def log_wires(self, wires: list[WireRecord]) -> None:
         """Never blocks: queues records already serialised (a burst at a time: the bookkeeping is
@@ -297,7 +291,7 @@ class EventLogger:
             metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
             if not wires:
                 continue
-            if self._spooling or self._producer is None or self._in_flight_records >= self.max_in_flight:
+            if self._spooling or self._producer is None or self._in_flight_records >= self.MAX_IN_FLIGHT:
                 self._enter_spooling(wires)
                 continue
             try:
@@ -363,12 +357,10 @@ class EventLogger:
         dropped = len(wires) - accepted
         if dropped:
             self._count["dropped"].inc(dropped)
-            if not self._spool_full:
+            if not self._spool_full:  # once per episode: the counter and the gauge tell the rest
                 log.error("spool full at %d bytes (limit %d): dropping new events until it drains",
                           self.spool.size_bytes, self.spool.max_bytes)
-            self._spool_full = True
-        elif self._spool_full:
-            self._spool_full = False
+        self._spool_full = dropped > 0
         metrics.EVENT_SPOOL_FULL.set(1 if self._spool_full else 0)
 
     async def _replay(self) -> None:
@@ -376,7 +368,7 @@ class EventLogger:
             if not self._spooling or self._in_flight or self._producer is None:
                 await asyncio.sleep(0.05)
                 continue
-            records, position = self.spool.read(self.replay_batch)
+            records, position = self.spool.read(self.REPLAY_BATCH)
             if not records:
                 # Nothing unread: back to direct delivery (no await between check and switch).
                 if self.spool.empty:

@@ -194,8 +194,9 @@ async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
     spool = await asyncio.to_thread(DiskSpool.locked, settings["spool_dir"], settings["spool_max_bytes"],
                                     settings["spool_segment_bytes"], settings["spool_fsync"])
     logger = EventLogger(
-        settings["bootstrap_servers"], settings["topic"], spool, settings["queue_size"], settings["linger_ms"],
-        settings["compression"], settings["stall_timeout"], create_topics=settings["create_topics"],
+        settings["bootstrap_servers"], settings["topic"], spool, queue_size=settings["queue_size"],
+        linger_ms=settings["linger_ms"], compression=settings["compression"],
+        stall_timeout=settings["stall_timeout"], create_topics=settings["create_topics"],
     )
     await logger.start()
     topic = settings["topic"]
