@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from gateway.config import DriftConfig
+from gateway.config import DriftConfig, KafkaConfig, TopicsConfig
 from gateway.models.repository import ModelRepository
 
 from .classifier import domain_classifier
@@ -45,9 +45,10 @@ MAX_PENDING_CLASSIFIERS = 2  # beyond this the consumer waits: bounded memory, s
 class DriftSettings(DriftConfig):
     """The `drift:` section of the gateway config, plus where to read and write."""
 
-    bootstrap_servers: str | list[str] = "127.0.0.1:9092"
-    events_topic: str = "scoring.events"
-    reports_topic: str = "scoring.drift"
+    # Defaults as the gateway config's `kafka:` section has them (settings_from_config copies it).
+    bootstrap_servers: str | list[str] = KafkaConfig().bootstrap_servers
+    events_topic: str = TopicsConfig().events
+    reports_topic: str = TopicsConfig().drift
     model_repository: Path = Path("models")
     # Publish reports and commit offsets in one Kafka transaction (exactly-once for read_committed
     # readers); False: publish, then commit (at-least-once: a crash between them repeats reports).
