@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import sys
 
 import numpy as np
 import orjson
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record import default_records
 from aiokafka.record.memory_records import MemoryRecords
 
-from gateway.events.logger import EventLogger, murmur2, use_fast_lz4
+from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
 from gateway.events.records import scoring_event, scoring_event_from_frame, to_wire
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, split_frames
@@ -74,6 +76,8 @@ def test_murmur2_matches_kafkas():
 
 def test_fast_lz4_batches_decode_to_the_same_records():
     use_fast_lz4()
+    builder_module = sys.modules[default_records.DefaultRecordBatchBuilder.__module__]
+    assert builder_module.lz4_encode is _lz4_fast_level  # the builder aiokafka uses takes the fast level
     batch = BatchBuilder(1 << 20, 3)  # 3: lz4
     values = [orjson.dumps({"n": i, "pad": "x" * (i % 50)}) for i in range(200)]
     for i, value in enumerate(values):
