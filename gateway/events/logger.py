@@ -315,7 +315,8 @@ class EventLogger:
                 future.add_done_callback(self._on_delivery)
 
     def _fitting(self, wires: list[WireRecord]) -> list[WireRecord]:
-        """Drops (counted, logged) events larger than one Kafka batch: no broker would take them."""
+        """Drops (counted, logged) events over MAX_EVENT_BYTES: a broker refuses them (default
+        message.max.bytes), so sending or spooling them would only retry a failure forever."""
         fitting = [w for w in wires if len(w.value) <= self.MAX_EVENT_BYTES]
         if len(fitting) < len(wires):
             self._count["dropped"].inc(len(wires) - len(fitting))

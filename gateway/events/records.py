@@ -66,8 +66,12 @@ def _kind(key: str) -> tuple[str, str]:
 
 
 def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The record, from what the gateway handed over: `meta` (scalars, `ts` in Unix seconds,
-    `action_version`) and arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`."""
+    """The record from `meta` (scalars, `ts` in Unix seconds, `action_version`) and arrays named
+    `inputs/<name>`, `outputs/<name>`, `action/<name>`: what the gateway hands the shipper.
+
+    The shipper itself uses `scoring_event_from_frame`, which skips decoding the frame into
+    arrays; this is for code that holds arrays (tests, benchmarks). The two must give the same
+    record: tests/test_event_encoding.py pins them equal."""
     inputs, outputs, action = [], [], {}
     for key, array in arrays.items():
         kind, name = _kind(key)
