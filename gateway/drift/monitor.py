@@ -259,7 +259,7 @@ class DriftMonitor:
             return None
         windows = part.windows
         # version -> (offset, max ts before it)
-        resume = {key: (off, windows.max_ts_before(key) or NO_TS) for key, off in windows.resume_offsets().items()}
+        resume = {key: (off, _or_no_ts(windows.max_ts_before(key))) for key, off in windows.resume_offsets().items()}
         for item in part.outbox:  # built but unpublished: rebuild it after a restart
             if item.key not in resume or item.first_offset < resume[item.key][0]:
                 resume[item.key] = (item.first_offset, item.max_ts_before)
@@ -310,3 +310,8 @@ def _from_offset(block: Block, first: int | None) -> Block | None:
     return replace(block, inputs=block.inputs[row:], outputs={k: v[row:] for k, v in block.outputs.items()},
                    offsets=block.offsets[start:], ts_ms=block.ts_ms[start:],
                    rows_per_event=block.rows_per_event[start:], positions=block.positions[start:])
+
+
+def _or_no_ts(ts: int | None) -> int:
+    """None means no event yet; 0 is a real (if unlikely) event time and must stay 0."""
+    return NO_TS if ts is None else ts
