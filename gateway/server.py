@@ -83,6 +83,7 @@ async def _control_plane(config: GatewayConfig, hub: FeedbackHub, stack: AsyncEx
     await control.start()
     stack.push_async_callback(control.stop)
     hub.control = control
+    stack.push_async_callback(hub.drain)  # runs before control.stop: joined records in flight get written
     reader = FeedbackReader(kafka.bootstrap_servers, kafka.topics.feedback, hub.handle)
     replayed = await reader.start()
     stack.push_async_callback(reader.stop)

@@ -24,6 +24,7 @@ from gateway.feedback.hub import FeedbackHub
 from gateway.models.repository import ModelVersion
 from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
 from gateway.routing import Plan, Policy, ShadowCall, experiment_name
+from gateway.tasks import BackgroundTasks
 
 log = logging.getLogger("gateway.service")
 Action = tuple[str, dict[str, np.ndarray]]  # (served version, its first output): what the caller got
@@ -60,7 +61,7 @@ class ScoringService:
         self.feedback = feedback
         self.instance = instance
         self.max_rows = max_rows
-        self._background: set[asyncio.Task] = set()
+        self._shadows = BackgroundTasks()
 
     def model(self, name: str) -> DeployedModel:
         deployed = self.models.get(name)
@@ -159,9 +160,7 @@ class ScoringService:
             return
         deployed.shadow_in_flight[call.version] = in_flight + 1
         metrics.SHADOW_IN_FLIGHT.labels(deployed.name, call.version).inc()
-        task = asyncio.create_task(self._shadow(deployed, call, plan, request_id, request, action))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._shadows.spawn(self._shadow(deployed, call, plan, request_id, request, action))
 
     async def _shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
                       request: InferRequest, action: Action) -> None:
@@ -181,6 +180,5 @@ class ScoringService:
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Let shadow calls already started finish, so their events are not lost at shutdown."""
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=timeout)
+        await self._shadows.drain(timeout)
 

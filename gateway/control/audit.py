@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.events.records import new_id
 from gateway.feedback.bus import KafkaControl
+from gateway.tasks import BackgroundTasks
 
 log = logging.getLogger("gateway.audit")
 SCHEMA_VERSION = 1
@@ -26,7 +27,7 @@ class AuditLog:
         self.topic = topic
         self.instance = instance
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)  # for GET /admin/audit
-        self._background: set[asyncio.Task] = set()
+        self._pending = BackgroundTasks()
 
     def build(self, actor: str, action: str, model: str | None, before: Any, after: Any) -> dict[str, Any]:
         now = time.time()
@@ -55,10 +56,7 @@ class AuditLog:
                     log.warning("audit record %s not written yet (%s); retrying", record["audit_id"], exc)
                     await asyncio.sleep(min(30, 2 ** attempt))
             log.error("audit record lost after retries: %s", record)
-        task = asyncio.get_running_loop().create_task(keep_trying())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._pending.spawn(keep_trying())
 
     async def drain(self, timeout: float = 10.0) -> None:
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=timeout)
+        await self._pending.drain(timeout)

@@ -3,7 +3,6 @@ to it, and feeds the joined records to the experiment state - through the feedba
 Kafka is on (so every replica learns the same), directly when it is off."""
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from gateway.experiments.tracker import ExperimentTracker
 from gateway.metrics import FEEDBACK_RECORDS
+from gateway.tasks import BackgroundTasks
 from gateway.feedback.bus import KafkaControl
 from gateway.feedback.join import Feedback, JoinError, join, parse_feedback, raw_record
 from gateway.feedback.store import PredictionStore
@@ -26,7 +26,7 @@ class FeedbackHub:
         self.instance = instance
         self.control = control
         self.topic = topic
-        self._background: set[asyncio.Task] = set()
+        self._publishing = BackgroundTasks()
 
     # -- the request path -----------------------------------------------------------------
     def remember(self, request_id: str, model: str, experiment: str, policy: str, arm: str, reason: str,
@@ -86,6 +86,8 @@ class FeedbackHub:
                 FEEDBACK_RECORDS.labels("joined").inc()
             except Exception:
                 log.exception("joined feedback for %s not written", joined["request_id"])
-        task = asyncio.get_running_loop().create_task(publish())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._publishing.spawn(publish())
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Lets joined records already being written reach Kafka before the gateway stops."""
+        await self._publishing.drain(timeout)
