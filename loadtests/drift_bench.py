@@ -23,20 +23,26 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from gateway.events.spool import WireRecord
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = 2000
-# The nine headers the gateway's records carry (gateway.events.records.to_wire); kcat sets one
-# value for all records, which costs the consumer the same as per-record values.
-CE_HEADERS = ["ce_specversion=1.0", "ce_id=00000000000000000000000000000000", "ce_type=dev.scoring-gateway.scoring.v1",
-              "ce_source=/gateway/bench", "ce_time=2025-11-24T16:00:00.000Z", "content-type=application/json",
-              "model=wine", "model_version=1", "schema_version=1"]
-MINIMAL_HEADERS = [h for h in CE_HEADERS if h.split("=")[0] not in ("ce_id", "ce_time", "model_version")]
+# Headers left out by --minimal-headers (to measure what the Kafka client's header work costs).
+NOT_MINIMAL = ("ce_id", "ce_time", "model_version")
 
 
-def build_templates(repository: Path, n: int, seed: int = 0) -> list[bytes]:
+def kcat_headers(template: WireRecord, minimal: bool = False) -> list[str]:
+    """The headers the gateway wrote on a template record, as kcat `-H key=value` arguments; kcat
+    sets one value for all records, which costs the consumer the same as per-record values."""
+    return [f"{key}={value.decode()}" for key, value in template.headers if not (minimal and key in NOT_MINIMAL)]
+
+
+def build_templates(repository: Path, n: int, seed: int = 0) -> list[WireRecord]:
     """Champion and challenger events for n/2 requests: 90% training-range rows, 10% drifted."""
     import onnxruntime as ort
 
@@ -58,7 +64,7 @@ def build_templates(repository: Path, n: int, seed: int = 0) -> list[bytes]:
                     "status": "ok", "error": None, "latency_ms": 0.4, "instance": "bench", "sample_rate": 1.0,
                     "action_version": "1"}
             arrays = {"inputs/input": x, "outputs/label": label, "outputs/probabilities": proba, "action/label": label}
-            out.append(to_wire(scoring_event(meta, arrays), "scoring.events").value)
+            out.append(to_wire(scoring_event(meta, arrays), "scoring.events"))
     return out
 
 
@@ -295,11 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         templates = build_templates(repository, TEMPLATES)
         events_file = workdir / "events.txt"
-        write_events(events_file, templates, args.events, t0_ms=1_764_000_000_000)
-        produce(args.bootstrap, topic, args.partitions, events_file,
-                MINIMAL_HEADERS if args.minimal_headers else CE_HEADERS)
+        write_events(events_file, [t.value for t in templates], args.events, t0_ms=1_764_000_000_000)
+        produce(args.bootstrap, topic, args.partitions, events_file, kcat_headers(templates[0], args.minimal_headers))
         events_file.unlink()
-        print(f"produced {args.events:,} events ({len(templates[0])} bytes each) into {topic} "
+        print(f"produced {args.events:,} events ({len(templates[0].value)} bytes each) into {topic} "
               f"({args.partitions} partitions) in {time.perf_counter() - t:.1f} s", flush=True)
     results = []
     for consumers in args.consumers:

@@ -36,16 +36,8 @@ PARTS = ("gateway", "workers", "shipper")
 
 def _gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any]) -> servers.Server:
     """The demo gateway with the shadow challenger, logging on or off, its spool in `spool_dir`."""
-    port = servers.free_port()
-    config = servers.gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=True)
-    config["kafka"].update(kafka_settings)
-    config["kafka"].setdefault("spool", {})["directory"] = spool_dir
-    handle = tempfile.NamedTemporaryFile("w", prefix="gateway-logcost-", suffix=".yaml", delete=False)
-    with handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-    argv = [str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve", "--config", handle.name]
-    return servers.Server("gateway", argv, port, "/v2/health/ready",
-                          {"server": "gateway", "logging": kafka_bootstrap is not None}, temporary=(handle.name,))
+    return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=True,
+                           kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}})
 
 
 def _part(pid: int, root: int) -> str:

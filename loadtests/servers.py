@@ -109,8 +109,10 @@ def ceiling() -> Server:
                   {"server": "ceiling", "what": "bare aiohttp endpoint on uvloop returning a constant body"})
 
 
-def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool) -> dict[str, Any]:
-    """config/demo.yaml adapted for a benchmark run (see the module docstring)."""
+def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
+                   kafka_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config/demo.yaml adapted for a benchmark run (see the module docstring); `kafka_settings`
+    override keys of its `kafka:` section."""
     config = yaml.safe_load(DEMO_CONFIG.read_text())
     config.setdefault("server", {})["port"] = port
     config["server"]["host"] = "127.0.0.1"
@@ -119,6 +121,7 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool) -> d
     kafka["enabled"] = kafka_bootstrap is not None
     if kafka_bootstrap:
         kafka["bootstrap_servers"] = kafka_bootstrap
+    kafka.update(kafka_settings or {})
     if not shadow:
         for model in config.get("models", {}).values():
             if isinstance(model.get("route"), dict) and "challengers" in model["route"]:
@@ -126,9 +129,10 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool) -> d
     return config
 
 
-def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False) -> Server:
+def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False,
+            kafka_settings: dict[str, Any] | None = None) -> Server:
     port = free_port()
-    config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow)
+    config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow, kafka_settings=kafka_settings)
     handle = tempfile.NamedTemporaryFile("w", prefix="gateway-bench-", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(config, handle, sort_keys=False)

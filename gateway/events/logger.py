@@ -25,9 +25,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import codec
 from aiokafka.record import default_records
 
+from gateway.config import KafkaConfig
+
 from . import metrics
 from .spool import DiskSpool, WireRecord
 from .topics import ensure_topics
+
+_CONFIGURED = KafkaConfig()  # the logger's defaults are the config's, so the two cannot drift apart
 
 log = logging.getLogger("gateway.events")
 
@@ -111,10 +115,10 @@ class EventLogger:
         bootstrap_servers: str,
         topic: str,
         spool: DiskSpool,
-        queue_size: int = 100_000,
-        linger_ms: int = 20,
-        compression: str | None = "lz4",
-        stall_timeout: float = 2.0,
+        queue_size: int = _CONFIGURED.queue_size,
+        linger_ms: int = _CONFIGURED.linger_ms,
+        compression: str | None = _CONFIGURED.compression,
+        stall_timeout: float = _CONFIGURED.stall_timeout_ms / 1000,
         create_topics: tuple[list[str], int, int] | None = None,
     ):
         self.topic = topic
