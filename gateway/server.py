@@ -71,24 +71,55 @@ def _deploy(config: GatewayConfig, tracker: ExperimentTracker) -> dict[str, Depl
     return deployed
 
 
+CONTROL_PLANE_WAIT = 15.0  # seconds start-up waits for Kafka to replay feedback before serving anyway
+CONTROL_PLANE_RETRY = 5.0
+
+
 async def _control_plane(config: GatewayConfig, hub: FeedbackHub, stack: AsyncExitStack) -> KafkaControl | None:
     """The gateway's own Kafka clients: a producer for feedback and audit records, and the
-    feedback reader, which replays the topic to rebuild experiment state before serving."""
+    feedback reader, which replays the topic to rebuild experiment state before serving.
+
+    Kafka being away must not keep the gateway from scoring (its events go to the spool): after
+    CONTROL_PLANE_WAIT the gateway serves anyway and keeps connecting in the background; until
+    then feedback and admin changes are refused with 503, because neither may go unrecorded."""
     kafka = config.kafka
     if not kafka.enabled:
         return None
-    await ensure_topics(kafka.bootstrap_servers, [kafka.topics.feedback, kafka.topics.audit], kafka.partitions,
-                        kafka.replication_factor)
     control = KafkaControl(kafka.bootstrap_servers)
-    await control.start()
-    stack.push_async_callback(control.stop)
-    hub.control = control
-    stack.push_async_callback(hub.drain)  # runs before control.stop: joined records in flight get written
     reader = FeedbackReader(kafka.bootstrap_servers, kafka.topics.feedback, hub.handle)
-    replayed = await reader.start()
+    hub.control = control
+    stack.push_async_callback(control.stop)
+    stack.push_async_callback(hub.drain)  # runs before control.stop: joined records in flight get written
     stack.push_async_callback(reader.stop)
-    log.info("experiment state rebuilt from %d feedback records", replayed)
+
+    async def connect() -> None:
+        while True:
+            try:
+                await ensure_topics(kafka.bootstrap_servers, [kafka.topics.feedback, kafka.topics.audit],
+                                    kafka.partitions, kafka.replication_factor)
+                await control.start()
+                replayed = await reader.start()
+                log.info("experiment state rebuilt from %d feedback records", replayed)
+                return
+            except Exception as exc:
+                await reader.stop()
+                await control.stop()
+                log.warning("Kafka not reachable for feedback and audit (%s); retrying in %.0f s: until then "
+                            "feedback and admin changes are refused", exc, CONTROL_PLANE_RETRY)
+                await asyncio.sleep(CONTROL_PLANE_RETRY)
+
+    connecting = asyncio.create_task(connect())
+    stack.push_async_callback(_cancel, connecting)  # runs first at shutdown
+    try:
+        await asyncio.wait_for(asyncio.shield(connecting), CONTROL_PLANE_WAIT)
+    except asyncio.TimeoutError:
+        log.warning("serving before the feedback topic was replayed: experiment state fills in once Kafka answers")
     return control
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _reload_on_sighup(controller: RouteController) -> None:

@@ -225,3 +225,22 @@ async def test_admin_api_refuses_bad_tokens_and_audits_every_change(
         ("reload", "ops-alice"), ("reload", "signal:SIGHUP")]
     assert records[0]["before"]["policy"] == "shadow" and records[0]["after"] == {**ab, "sticky": None, "design": None}
     assert TOKEN not in gateway.log() and TOKEN not in str(records)
+
+
+async def test_gateway_scores_while_kafka_is_away_and_refuses_what_it_cannot_record(
+        demo_repository, start_gateway, tmp_path):
+    from tests.conftest import free_port
+
+    config = experiment_config(demo_repository, f"127.0.0.1:{free_port()}", "unreachable", {  # nothing listens
+        "policy": "shadow", "champion": "1", "challengers": [{"version": "2"}]})
+    gateway = start_gateway(config)
+    async with aiohttp.ClientSession() as session:
+        answers = await send(session, f"{gateway.url}/v2/models/wine/infer", [body(i, request_id=f"k-{i}") for i in range(20)])
+        async with session.post(f"{gateway.url}/v2/models/wine/feedback", json={"id": "k-1", "ground_truth": 0}) as r:
+            feedback = (r.status, await r.json())
+        change = await admin(session, gateway.url, "POST", "/admin/models/wine/promote", json={"version": "2"})
+        _, route = await admin(session, gateway.url, "GET", "/admin/models/wine/route")
+    assert all(status == 200 for status, _ in answers)  # events go to the spool meanwhile
+    assert feedback[0] == 503 and feedback[1]["code"] == "feedback_not_stored"
+    assert change[0] == 503 and change[1]["code"] == "audit_unavailable"
+    assert route["route"]["champion"] == "1"  # an unaudited change never takes effect

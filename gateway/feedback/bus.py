@@ -30,20 +30,32 @@ class KafkaControl:
     awaited per send, because these records are few and each one matters."""
 
     def __init__(self, bootstrap_servers: str):
-        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
-                                         enable_idempotence=True, linger_ms=0, request_timeout_ms=5000)
+        self.bootstrap_servers = bootstrap_servers
+        self.producer: AIOKafkaProducer | None = None  # None until connected: sends are refused
 
     async def start(self) -> None:
-        await self.producer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap_servers, acks="all",
+                                    enable_idempotence=True, linger_ms=0, request_timeout_ms=5000)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        self.producer = producer
 
     async def stop(self) -> None:
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
 
     async def send(self, topic: str, key: str, value: dict[str, Any], timeout: float = 10.0) -> None:
         await self.send_many(topic, [(key, value)], timeout)
 
     async def send_many(self, topic: str, records: list[tuple[str, dict[str, Any]]], timeout: float = 10.0) -> None:
         """Returns once the broker has acknowledged every record; raises if it has not in time."""
+        if self.producer is None:
+            raise ConnectionError(f"not connected to Kafka at {self.bootstrap_servers} yet")
+
         async def send_all() -> None:
             delivered = [await self.producer.send(topic, orjson.dumps(value), key=key.encode(), headers=HEADERS)
                          for key, value in records]
@@ -58,13 +70,19 @@ class FeedbackReader:
         self.topic = topic
         self.handle = handle
         self.malformed = 0
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None,
-                                          enable_auto_commit=False, auto_offset_reset="earliest")
+        self._settings = dict(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+                              auto_offset_reset="earliest")
+        self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self, catch_up_timeout: float = 120.0) -> int:
         """Read up to the end offsets seen at start (state rebuilt), then follow in the background."""
-        await self._consumer.start()
+        self._consumer = AIOKafkaConsumer(**self._settings)
+        try:
+            await self._consumer.start()
+        except BaseException:
+            await self.stop()
+            raise
         self._consumer.subscribe([self.topic])  # no group: every partition is assigned to this reader
         loop = asyncio.get_running_loop()
         deadline = loop.time() + catch_up_timeout
@@ -116,4 +134,6 @@ class FeedbackReader:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
