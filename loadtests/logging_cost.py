@@ -79,10 +79,21 @@ def cpu_per_request(server: servers.Server, kafka_pid: int | None, rate: float, 
             "p99_ms": result["latency_ms"]["p99"], "other_cores": cpu["other"], "steal_cores": cpu["steal"]}
 
 
-def closed_loop(server: servers.Server, connections: int, duration: float, warmup: float) -> dict[str, Any]:
+def closed_loop(server: servers.Server, kafka_pid: int | None, connections: int, duration: float,
+                warmup: float) -> dict[str, Any]:
+    """Closed loop: achieved requests/s, and where the cores went at saturation (CPU µs per
+    request by process), which is what decides the ratio."""
+    samples: list[dict[str, float]] = []
+    snap: Callable[[], None] = lambda: samples.append(_cpu_by_part(server.pid))
     result = execute(RunSettings(url=server.url, scenario=SCENARIO, mode="closed", connections=connections,
-                                 duration=duration, warmup=warmup, label="closed"), watch={"server": server.pid})
-    return {"achieved_rate": result["achieved_rate"], "errors": result["errors"], "cpu": result["cpu"]}
+                                 duration=duration, warmup=warmup, label="closed"),
+                     watch={"server": server.pid, "kafka": kafka_pid},
+                     actions=[(warmup, snap), (warmup + duration, snap)])
+    answered = max(result["achieved_rate"] * duration, 1.0)
+    us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
+    us["kafka"] = round(result["cpu"]["kafka"] * duration / answered * 1e6, 1)
+    return {"achieved_rate": result["achieved_rate"], "errors": result["errors"], "cpu": result["cpu"],
+            "us_per_request": us}
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -124,12 +135,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory(prefix="logcost-spool-") as spool, \
                         _gateway(bootstrap if side == "on" else None, spool, kafka_settings) as server:
                     cpu = cpu_per_request(server, kafka_pid, args.rate, args.cpu_duration, args.warmup)
-                    closed = closed_loop(server, args.connections, args.closed_duration, args.warmup)
+                    closed = closed_loop(server, kafka_pid, args.connections, args.closed_duration, args.warmup)
                 entry[side] = {"cpu": cpu, "closed": closed}
                 print(f"round {k + 1} logging {side:3}: {cpu['us_per_request']} us/request at "
                       f"{cpu['achieved_rate']:.0f}/s (p99 {cpu['p99_ms']} ms, other {cpu['other_cores']}, "
                       f"steal {cpu['steal_cores']}); closed loop c={args.connections}: "
-                      f"{closed['achieved_rate']:,.0f} req/s", flush=True)
+                      f"{closed['achieved_rate']:,.0f} req/s, {closed['us_per_request']} us/request", flush=True)
             rounds.append(entry)
     return {"settings": vars(args), "machine": host.describe_machine(), "rounds": rounds, "summary": summarise(rounds)}
 

@@ -1,0 +1,266 @@
+"""Fetched Kafka record batches -> records, without a Python object per record header.
+
+Why: aiokafka builds every record field by field (in C) and then wraps it in a ConsumerRecord
+(in Python), decoding its headers into (str, bytes) tuples on the way. The gateway's events carry
+nine CloudEvents headers that the drift monitor never reads; building them and the wrappers took
+about 6 µs per event, a third of the whole consumer. Here one fetched partition's record batches
+(Kafka message format v2) are read with numpy: a short loop finds where each record starts, the
+fields after it are decoded for all records at once, and each record becomes a tuple with
+ConsumerRecord's attributes whose `headers` are decoded only when someone reads them.
+
+`install()` hooks this into aiokafka's fetcher, for the whole process. Anything the fast reader
+does not cover (older message formats, transactional or control batches, a checksum mismatch,
+deserializers) is left to aiokafka's own reader for that fetch, so behaviour never depends on
+which path read a batch: tests/test_drift_fetch.py pins the two equal.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+import struct
+from collections import namedtuple
+from itertools import repeat
+from typing import Any
+
+import numpy as np
+from aiokafka import __version__ as aiokafka_version
+from aiokafka import codec
+from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.record.util import calc_crc32c, decode_varint
+
+log = logging.getLogger("gateway.drift")
+
+# RecordBatch v2 header: baseOffset, batchLength, partitionLeaderEpoch, magic, crc, attributes,
+# lastOffsetDelta, baseTimestamp, maxTimestamp, producerId, producerEpoch, baseSequence, count.
+_BATCH = struct.Struct(">qiibIhiqqqhii")
+_LOG_OVERHEAD = 12  # baseOffset and batchLength: batchLength counts the bytes after them
+_CRC_FROM = 21  # the checksum covers the batch from `attributes` on
+_MAGIC_AT = 16  # where every message format keeps its magic byte
+_CODEC_MASK, _LOG_APPEND_TIME, _TRANSACTIONAL_OR_CONTROL = 0x07, 0x08, 0x30
+_DECOMPRESS = {1: codec.gzip_decode, 2: codec.snappy_decode, 3: codec.lz4_decode, 4: codec.zstd_decode}
+_COLUMNS = np.arange(10)  # a varint takes at most 10 bytes
+_SHIFTS = (7 * _COLUMNS).astype(np.uint64)
+TESTED_AIOKAFKA = ((0, 13), (0, 14))  # minor versions whose fetcher internals this was checked against
+
+
+_Fields = namedtuple("_Fields", "topic partition offset timestamp timestamp_type key value "
+                                "serialized_key_size serialized_value_size record_buffer headers_at")
+
+
+class LeanRecord(_Fields):
+    """A fetched record with ConsumerRecord's attributes; headers are decoded on first use."""
+
+    __slots__ = ()
+    checksum = None
+
+    @property
+    def headers(self) -> tuple[tuple[str, bytes | None], ...]:
+        buffer, pos = self.record_buffer, self.headers_at
+        count, pos = decode_varint(buffer, pos)
+        headers = []
+        for _ in range(count):
+            size, pos = decode_varint(buffer, pos)
+            key = buffer[pos:pos + size].decode()
+            size, pos = decode_varint(buffer, pos + size)
+            headers.append((key, None if size < 0 else buffer[pos:pos + size]))
+            pos += max(size, 0)
+        return tuple(headers)
+
+
+class _Unreadable(Exception):
+    """A batch the fast reader does not cover: aiokafka's reader takes the whole fetch."""
+
+
+def _varints(data: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The zigzag varints starting at `at` (one per record), and where each one ends."""
+    raw = data[at[:, None] + _COLUMNS]
+    more = raw >= 0x80
+    width = np.argmin(more, axis=1) + 1  # up to the first byte without the continuation bit
+    if more.all(axis=1).any():
+        raise _Unreadable("varint longer than 10 bytes")
+    parts = (raw & 0x7F).astype(np.uint64) << _SHIFTS
+    parts[_COLUMNS >= width[:, None]] = 0
+    value = parts.sum(axis=1)
+    return (value >> np.uint64(1)).astype(np.int64) ^ -(value & np.uint64(1)).astype(np.int64), at + width
+
+
+def _record_bounds(body: bytes, count: int) -> tuple[list[int], list[int]]:
+    """Where each record's fields start and where the record ends: records are length-prefixed,
+    so this one walk is sequential (the common 1- and 2-byte lengths inline)."""
+    starts, ends = [0] * count, [0] * count
+    pos = 0
+    for i in range(count):
+        first = body[pos]
+        if first < 0x80:
+            pos += 1
+            length = (first >> 1) ^ -(first & 1)
+        elif body[pos + 1] < 0x80:
+            raw = (first & 0x7F) | (body[pos + 1] << 7)
+            pos += 2
+            length = (raw >> 1) ^ -(raw & 1)
+        else:
+            length, pos = decode_varint(body, pos)
+        starts[i] = pos
+        pos += length
+        ends[i] = pos
+    if pos > len(body):
+        raise _Unreadable("records run past their batch")
+    return starts, ends
+
+
+def _slices(body: bytes, starts: np.ndarray, sizes: np.ndarray) -> list[bytes | None]:
+    out = list(map(body.__getitem__, map(slice, starts.tolist(), (starts + np.maximum(sizes, 0)).tolist())))
+    for i in np.flatnonzero(sizes < 0).tolist():
+        out[i] = None
+    return out
+
+
+def _batch_records(body: bytes, count: int, base_offset: int, attributes: int, base_ts: int, max_ts: int,
+                   topic: str, partition: int, fetch_offset: int) -> list[LeanRecord]:
+    starts, ends = _record_bounds(body, count)
+    data = np.frombuffer(body + bytes(10), dtype=np.uint8)  # padded: a varint read never runs off
+    at = np.array(starts, dtype=np.int64) + 1  # after the record's attributes byte
+    ts_delta, at = _varints(data, at)
+    offset_delta, at = _varints(data, at)
+    key_size, at = _varints(data, at)
+    key_at = at
+    value_size, at = _varints(data, at + np.maximum(key_size, 0))
+    value_at = at
+    headers_at = value_at + np.maximum(value_size, 0)
+    if (headers_at > np.array(ends, dtype=np.int64)).any():
+        raise _Unreadable("a record's value runs past the record")
+    offsets = offset_delta + base_offset
+    first = int(np.searchsorted(offsets, fetch_offset)) if offsets[0] < fetch_offset else 0  # a fetch may start mid-batch
+    if first:
+        offsets, ts_delta, key_at, key_size, value_at, value_size, headers_at = (
+            a[first:] for a in (offsets, ts_delta, key_at, key_size, value_at, value_size, headers_at))
+    n = len(offsets)
+    if attributes & _LOG_APPEND_TIME:
+        timestamps, ts_type = repeat(max_ts, n), 1
+    else:
+        timestamps, ts_type = (ts_delta + base_ts).tolist(), 0
+    return list(map(tuple.__new__, repeat(LeanRecord), zip(
+        repeat(topic, n), repeat(partition, n), offsets.tolist(), timestamps, repeat(ts_type, n),
+        _slices(body, key_at, key_size), _slices(body, value_at, value_size),
+        np.where(key_size < 0, -1, key_size).tolist(), np.where(value_size < 0, -1, value_size).tolist(),
+        repeat(body, n), headers_at.tolist())))
+
+
+def read_records(data: bytes, topic: str, partition: int, fetch_offset: int, check_crcs: bool = True
+                 ) -> tuple[list[LeanRecord], int]:
+    """The records at or after `fetch_offset` in the complete batches of one partition's fetched
+    bytes, and the offset after the last complete batch. Raises _Unreadable for what it does not
+    cover (the caller then uses aiokafka's reader)."""
+    records: list[LeanRecord] = []
+    pos, size, next_offset = 0, len(data), fetch_offset
+    while size - pos >= _BATCH.size:
+        base_offset, length = struct.unpack_from(">qi", data, pos)
+        end = pos + _LOG_OVERHEAD + length
+        if end > size:
+            break  # the fetch ends inside this batch: the next fetch starts with it
+        if data[pos + _MAGIC_AT] != 2:
+            raise _Unreadable(f"message format {data[pos + _MAGIC_AT]}")
+        (_, _, _, _, crc, attributes, last_delta, base_ts, max_ts, _, _, _, count) = _BATCH.unpack_from(data, pos)
+        if attributes & _TRANSACTIONAL_OR_CONTROL:
+            raise _Unreadable("transactional or control batch")
+        if check_crcs and calc_crc32c(data[pos + _CRC_FROM:end]) != crc:
+            raise _Unreadable("checksum mismatch")
+        next_offset = base_offset + last_delta + 1
+        if count and next_offset > fetch_offset:
+            body = data[pos + _BATCH.size:end]
+            decompress = _DECOMPRESS.get(attributes & _CODEC_MASK)
+            if decompress is not None:
+                body = decompress(body)
+            elif attributes & _CODEC_MASK:
+                raise _Unreadable(f"codec {attributes & _CODEC_MASK}")
+            records.extend(_batch_records(body, count, base_offset, attributes, base_ts, max_ts, topic, partition,
+                                          fetch_offset))
+        pos = end
+    return records, max(next_offset, fetch_offset)
+
+
+class FetchedBytes:
+    """What aiokafka's fetcher wraps a partition's fetched bytes in; keeps them for the fast
+    reader and builds aiokafka's own reader only when asked."""
+
+    __slots__ = ("data", "_stock")
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self._stock: MemoryRecords | None = None
+
+    @property
+    def stock(self) -> MemoryRecords:
+        if self._stock is None:
+            self._stock = MemoryRecords(self.data)
+        return self._stock
+
+    def has_next(self) -> bool:
+        return self.stock.has_next()
+
+    def next_batch(self) -> Any:
+        return self.stock.next_batch()
+
+    def size_in_bytes(self) -> int:
+        return self.stock.size_in_bytes()
+
+
+class LeanPartitionRecords(aiokafka_fetcher.PartitionRecords):
+    """aiokafka's PartitionRecords, iterating a list read by `read_records` when it can: the
+    fetcher's per-record loop then runs over a list iterator, and the position it commits
+    (`next_fetch_offset`) is derived from how far that iterator got."""
+
+    def __init__(self, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int, key_deserializer: Any,
+                 value_deserializer: Any, check_crcs: bool, isolation_level: Any):
+        self._lean: list[LeanRecord] | None = None
+        if isinstance(records, FetchedBytes) and key_deserializer is None and value_deserializer is None:
+            try:
+                self._lean, self._end_offset = read_records(records.data, tp.topic, tp.partition, fetch_offset,
+                                                            check_crcs)
+            except (_Unreadable, IndexError, ValueError, struct.error) as exc:
+                log.debug("partition %s: aiokafka reads this fetch (%s)", tp, exc)
+                self._lean = None
+        if self._lean is None:
+            super().__init__(tp, records, aborted_transactions, fetch_offset, key_deserializer, value_deserializer,
+                             check_crcs, isolation_level)
+            return
+        self._tp = tp
+        self._start_offset = fetch_offset
+        self._iterator = iter(self._lean)
+        self._records_iterator = None
+
+    @property
+    def next_fetch_offset(self) -> int:
+        if self._lean is None:
+            return self._stock_offset
+        left = operator.length_hint(self._iterator)
+        if not left:
+            return self._end_offset
+        taken = len(self._lean) - left
+        return self._lean[taken - 1].offset + 1 if taken else self._start_offset
+
+    @next_fetch_offset.setter
+    def next_fetch_offset(self, offset: int) -> None:
+        self._stock_offset = offset
+
+    def __iter__(self) -> Any:
+        return self if self._lean is None else self._iterator
+
+    def __next__(self) -> Any:
+        return super().__next__() if self._lean is None else next(self._iterator)
+
+
+def install() -> bool:
+    """Makes this process's aiokafka consumers read fetched batches with `read_records`;
+    idempotent. Refuses (and says so) on an aiokafka whose fetcher it was not checked against."""
+    if aiokafka_fetcher.PartitionRecords is LeanPartitionRecords:
+        return True
+    version = tuple(int(p) for p in aiokafka_version.split(".")[:2])
+    if version not in TESTED_AIOKAFKA or aiokafka_fetcher.MemoryRecords is not MemoryRecords:
+        log.warning("aiokafka %s: the drift consumer's fast batch reader is off (checked against %s)",
+                    aiokafka_version, ", ".join(f"{a}.{b}" for a, b in TESTED_AIOKAFKA))
+        return False
+    aiokafka_fetcher.MemoryRecords = FetchedBytes
+    aiokafka_fetcher.PartitionRecords = LeanPartitionRecords
+    return True
