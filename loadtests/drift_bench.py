@@ -117,11 +117,10 @@ async def _drain_raw(settings, stats_path: Path) -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 50, 50)  # as the drift consumer does
     ends = await consumer.end_offsets(list(consumer.assignment()))
-    total, n, first, cpu_first = sum(ends.values()), 0, None, 0.0
+    total, n, first = sum(ends.values()), 0, None
     while n < total:
         for records in (await consumer.getmany(timeout_ms=500, max_records=settings.max_batch)).values():
-            if first is None:
-                first, cpu_first = time.perf_counter(), _cpu_s()
+            first = first or time.perf_counter()
             n += len(records)
             for r in records:
                 r.value
@@ -129,8 +128,7 @@ async def _drain_raw(settings, stats_path: Path) -> None:
     await consumer.stop()
     stats_path.write_text(json.dumps({
         "events": n, "reports": 0, "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
-        "consuming_cpu_s": _cpu_s() - cpu_first, "wall_s": wall1 - wall0, "busy_s": wall1 - (first or wall0),
-        "skipped": {}}))
+        "wall_s": wall1 - wall0, "busy_s": wall1 - (first or wall0), "skipped": {}}))
 
 
 async def _drain(settings, stats_path: Path, profile: str | None, share: int) -> None:
@@ -141,14 +139,14 @@ async def _drain(settings, stats_path: Path, profile: str | None, share: int) ->
     cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     await consumer.start()
     stop = asyncio.Event()
-    first: list[float] = []  # wall-clock and CPU seconds when the first record was counted
+    first: list[float] = []
 
     async def watch() -> None:
         kafka = consumer._consumer
         while not stop.is_set():
             await asyncio.sleep(0.05)
             if consumer.metrics.events and not first:
-                first.extend((time.perf_counter(), _cpu_s()))
+                first.append(time.perf_counter())
             assigned = kafka.assignment()
             if not assigned or not consumer.metrics.events:
                 continue
@@ -181,7 +179,6 @@ async def _drain(settings, stats_path: Path, profile: str | None, share: int) ->
     stats_path.write_text(json.dumps({
         "events": consumer.metrics.events, "reports": consumer.reports_published,
         "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
-        "consuming_cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (first[1] if first else cpu0.ru_utime + cpu0.ru_stime),
         "wall_s": wall1 - wall0, "busy_s": wall1 - (first[0] if first else wall0),
         "skipped": dict(consumer.skipped),
     }))
@@ -202,12 +199,6 @@ def topic_size(bootstrap: str, topic: str) -> tuple[int, int]:
             await consumer.stop()
 
     return asyncio.run(size())
-
-
-def _cpu_s() -> float:
-    """This process's CPU seconds so far (user + system)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _busy_cpu_s() -> float:
@@ -255,11 +246,8 @@ def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window
     read = sum(s["events"] for s in stats)  # more than `events` if a rebalance made a member re-read
     cpu = sum(s["cpu_s"] for s in stats)
     busy = max(s["busy_s"] for s in stats)
-    consuming = sum(s["consuming_cpu_s"] for s in stats)
     return {"consumers": consumers, "events": events, "records_read": read, "reports": sum(s["reports"] for s in stats),
             "cpu_s": cpu, "busy_s": busy, "events_per_cpu_s": events / cpu, "events_per_s": events / busy,
-            # Per CPU second while consuming: the process's start-up (imports, group join) left out.
-            "consuming_cpu_s": consuming, "events_per_consuming_cpu_s": events / consuming,
             # Cores the rest of the machine kept busy meanwhile (other jobs, Kafka, this script).
             "other_cores": max(0.0, machine_busy - cpu) / elapsed,
             "skipped": [s["skipped"] for s in stats]}
@@ -330,14 +318,13 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(f"consumers={consumers} run={repeat + 1}: {r['events']:,} events ({r['records_read']:,} read), {r['reports']} reports, "
                   f"{r['events_per_s']:,.0f} events/s wall, {r['events_per_cpu_s']:,.0f} events per CPU second "
-                  f"({r['events_per_consuming_cpu_s']:,.0f} while consuming) "
                   f"(cpu {r['cpu_s']:.2f} s, busy {r['busy_s']:.2f} s; other load {r['other_cores']:.2f} cores, "
                   f"{r['busy_cores_before']:.2f} before, after waiting {r['waited_for_quiet_s']:.0f} s)",
                   flush=True)
     summary = {}
     for consumers in args.consumers:
         mine = [r for r in results if r["consumers"] == consumers]
-        for metric in ("events_per_s", "events_per_cpu_s", "events_per_consuming_cpu_s"):
+        for metric in ("events_per_s", "events_per_cpu_s"):
             values = [r[metric] for r in mine]
             summary[f"{consumers}:{metric}"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
             print(f"consumers={consumers} {metric}: median {statistics.median(values):,.0f} "

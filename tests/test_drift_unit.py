@@ -5,6 +5,7 @@ Uses a small synthetic "toy/1" model; the helpers here are shared by the other t
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,39 @@ def test_the_byte_level_fast_path_decodes_exactly_what_full_parsing_does(repo_ro
     batch = decode_partition(records(bad), refs, layouts)
     assert batch.blocks[0].offsets.tolist() == [0, 2, 3, 5]
     assert sum(batch.skipped.values()) == 2
+
+
+def test_one_parse_per_batch_never_misreads_an_event_that_is_off(repo_root):
+    """Known layouts are parsed a batch at a time; an event whose numbers do not sit where its
+    layout says (a number moved from one tensor to another, a marker-sized number, a null) must
+    come out exactly as reading every event on its own gives: decoded alike, or skipped alike."""
+    from gateway.drift import decode
+
+    refs = ReferenceStore(ModelRepository(repo_root))
+    values = gateway_toy_events(40)
+    event = values[0]  # one row: x has 3 numbers, proba 2; give x one more and proba one fewer
+    x_at = event.index(b'"data":[') + len(b'"data":[')
+    p_at = event.rindex(b'"data":[', 0, event.index(b',"action"')) + len(b'"data":[')
+    shifted = event[:x_at] + b"0.25," + event[x_at:p_at] + event[event.index(b",", p_at) + 1:]
+    layouts = decode.Layouts()
+    decode_partition(records(values), refs, layouts)  # learns the layouts
+    def first_number(value: bytes, replacement: bytes) -> bytes:
+        start = value.index(b'"data":[') + len(b'"data":[')
+        return value[:start] + replacement + value[value.index(b",", start):]
+
+    for at, odd in ((0, shifted), (4, first_number(values[4], b"3e307")), (7, first_number(values[7], b"-1e308")),
+                    (9, first_number(values[9], b"null"))):
+        batch_values = values[:at] + [odd] + values[at + 1:]
+        batch = decode_partition(records(batch_values), refs, layouts)
+        alone = [decode_partition(records([v], first_offset=i), refs) for i, v in enumerate(batch_values)]
+        [block] = batch.blocks
+        assert block.offsets.tolist() == [i for i, a in enumerate(alone) if a.blocks]
+        assert np.array_equal(block.inputs, np.concatenate([a.blocks[0].inputs for a in alone if a.blocks]))
+        for key in block.outputs:
+            expected = np.concatenate([a.blocks[0].outputs[key] for a in alone if a.blocks])
+            assert np.array_equal(block.outputs[key], expected, equal_nan=True)
+        assert batch.skipped == sum((a.skipped for a in alone), Counter())
+        assert sum(batch.skipped.values()) == 1  # the odd event, never read with its numbers moved
 
 
 def test_malformed_and_unusable_events_are_counted_and_skipped(repo_root):

@@ -19,13 +19,16 @@ import logging
 import operator
 import struct
 from collections import namedtuple
-from itertools import repeat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 from aiokafka import __version__ as aiokafka_version
 from aiokafka import codec
 from aiokafka.consumer import fetcher as aiokafka_fetcher
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c, decode_varint
 
@@ -147,12 +150,36 @@ def _batch_records(body: bytes, count: int, base_offset: int, attributes: int, b
         repeat(body, n), headers_at.tolist())))
 
 
-def read_records(data: bytes, topic: str, partition: int, fetch_offset: int, check_crcs: bool = True
-                 ) -> tuple[list[LeanRecord], int]:
-    """The records at or after `fetch_offset` in the complete batches of one partition's fetched
-    bytes, and the offset after the last complete batch. Raises _Unreadable for what it does not
-    cover (the caller then uses aiokafka's reader)."""
-    records: list[LeanRecord] = []
+@dataclass(frozen=True)
+class _Batch:
+    """A checked batch of a fetch, read into records only when the consumer gets to it (a fetch
+    can hold tens of megabytes of compressed events: all of them at once would be gigabytes)."""
+
+    body: bytes  # still compressed
+    codec: int
+    count: int
+    base_offset: int
+    next_offset: int
+    attributes: int
+    base_ts: int
+    max_ts: int
+
+    def records(self, topic: str, partition: int, fetch_offset: int) -> list[LeanRecord]:
+        body = self.body
+        if self.codec:
+            body = _DECOMPRESS[self.codec](body)
+        try:
+            return _batch_records(body, self.count, self.base_offset, self.attributes, self.base_ts, self.max_ts,
+                                  topic, partition, fetch_offset)
+        except (_Unreadable, IndexError, ValueError) as exc:  # its checksum was right: a producer's bug
+            raise CorruptRecordException(f"{topic}-{partition}: batch at offset {self.base_offset}: {exc}") from None
+
+
+def scan_batches(data: bytes, fetch_offset: int, check_crcs: bool = True) -> tuple[list[_Batch], int]:
+    """The complete batches of one partition's fetched bytes that hold offsets at or after
+    `fetch_offset`, checked, and the offset after the last complete batch. Raises _Unreadable
+    for what it does not cover (the caller then uses aiokafka's reader)."""
+    batches: list[_Batch] = []
     pos, size, next_offset = 0, len(data), fetch_offset
     while size - pos >= _BATCH.size:
         base_offset, length = struct.unpack_from(">qi", data, pos)
@@ -164,20 +191,24 @@ def read_records(data: bytes, topic: str, partition: int, fetch_offset: int, che
         (_, _, _, _, crc, attributes, last_delta, base_ts, max_ts, _, _, _, count) = _BATCH.unpack_from(data, pos)
         if attributes & _TRANSACTIONAL_OR_CONTROL:
             raise _Unreadable("transactional or control batch")
+        codec = attributes & _CODEC_MASK
+        if codec and codec not in _DECOMPRESS:
+            raise _Unreadable(f"codec {codec}")
         if check_crcs and calc_crc32c(data[pos + _CRC_FROM:end]) != crc:
             raise _Unreadable("checksum mismatch")
         next_offset = base_offset + last_delta + 1
         if count and next_offset > fetch_offset:
-            body = data[pos + _BATCH.size:end]
-            decompress = _DECOMPRESS.get(attributes & _CODEC_MASK)
-            if decompress is not None:
-                body = decompress(body)
-            elif attributes & _CODEC_MASK:
-                raise _Unreadable(f"codec {attributes & _CODEC_MASK}")
-            records.extend(_batch_records(body, count, base_offset, attributes, base_ts, max_ts, topic, partition,
-                                          fetch_offset))
+            batches.append(_Batch(data[pos + _BATCH.size:end], codec, count, base_offset, next_offset, attributes,
+                                  base_ts, max_ts))
         pos = end
-    return records, max(next_offset, fetch_offset)
+    return batches, max(next_offset, fetch_offset)
+
+
+def read_records(data: bytes, topic: str, partition: int, fetch_offset: int, check_crcs: bool = True
+                 ) -> tuple[list[LeanRecord], int]:
+    """All records of `scan_batches` at once, and the offset after them."""
+    batches, end_offset = scan_batches(data, fetch_offset, check_crcs)
+    return [r for b in batches for r in b.records(topic, partition, fetch_offset)], end_offset
 
 
 class FetchedBytes:
@@ -207,48 +238,59 @@ class FetchedBytes:
 
 
 class LeanPartitionRecords(aiokafka_fetcher.PartitionRecords):
-    """aiokafka's PartitionRecords, iterating a list read by `read_records` when it can: the
-    fetcher's per-record loop then runs over a list iterator, and the position it commits
-    (`next_fetch_offset`) is derived from how far that iterator got."""
+    """aiokafka's PartitionRecords over `scan_batches` when it can: the fetcher's per-record loop
+    then runs over C-level iterators (a chain of one list iterator per batch, each batch read when
+    reached), and the position it commits (`next_fetch_offset`) is derived from how far the
+    current batch's iterator got."""
 
     def __init__(self, tp: Any, records: Any, aborted_transactions: Any, fetch_offset: int, key_deserializer: Any,
                  value_deserializer: Any, check_crcs: bool, isolation_level: Any):
-        self._lean: list[LeanRecord] | None = None
+        batches = None
         if isinstance(records, FetchedBytes) and key_deserializer is None and value_deserializer is None:
             try:
-                self._lean, self._end_offset = read_records(records.data, tp.topic, tp.partition, fetch_offset,
-                                                            check_crcs)
+                batches, self._end_offset = scan_batches(records.data, fetch_offset, check_crcs)
             except (_Unreadable, IndexError, ValueError, struct.error) as exc:
                 log.debug("partition %s: aiokafka reads this fetch (%s)", tp, exc)
-                self._lean = None
-        if self._lean is None:
+        self._lean = batches is not None
+        if not self._lean:
             super().__init__(tp, records, aborted_transactions, fetch_offset, key_deserializer, value_deserializer,
                              check_crcs, isolation_level)
             return
         self._tp = tp
-        self._start_offset = fetch_offset
-        self._iterator = iter(self._lean)
         self._records_iterator = None
+        self._position = fetch_offset  # before the batch being read
+        self._current: tuple[list[LeanRecord], Any] | None = None
+        self._iterator = chain.from_iterable(self._read(batches, fetch_offset))
+
+    def _read(self, batches: list[_Batch], fetch_offset: int) -> Iterator[Any]:
+        for batch in batches:
+            records = batch.records(self._tp.topic, self._tp.partition, fetch_offset)
+            iterator = iter(records)
+            self._current = (records, iterator)
+            yield iterator
+            self._position = max(batch.next_offset, fetch_offset)
+        self._current = None
+        self._position = self._end_offset
 
     @property
     def next_fetch_offset(self) -> int:
-        if self._lean is None:
+        if not self._lean:
             return self._stock_offset
-        left = operator.length_hint(self._iterator)
-        if not left:
-            return self._end_offset
-        taken = len(self._lean) - left
-        return self._lean[taken - 1].offset + 1 if taken else self._start_offset
+        if self._current is None:
+            return self._position
+        records, iterator = self._current
+        taken = len(records) - operator.length_hint(iterator)
+        return records[taken - 1].offset + 1 if taken else self._position
 
     @next_fetch_offset.setter
     def next_fetch_offset(self, offset: int) -> None:
         self._stock_offset = offset
 
     def __iter__(self) -> Any:
-        return self if self._lean is None else self._iterator
+        return self._iterator if self._lean else self
 
     def __next__(self) -> Any:
-        return super().__next__() if self._lean is None else next(self._iterator)
+        return next(self._iterator) if self._lean else super().__next__()
 
 
 def install() -> bool:
