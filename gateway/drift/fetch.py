@@ -21,7 +21,7 @@ import struct
 from collections import namedtuple
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import Any
 
 import numpy as np
@@ -47,15 +47,20 @@ _SHIFTS = (7 * _COLUMNS).astype(np.uint64)
 TESTED_AIOKAFKA = ((0, 13), (0, 14))  # minor versions whose fetcher internals this was checked against
 
 
-_Fields = namedtuple("_Fields", "topic partition offset timestamp timestamp_type key value "
-                                "serialized_key_size serialized_value_size record_buffer headers_at")
+_Fields = namedtuple("_Fields", "topic partition offset timestamp timestamp_type value serialized_key_size "
+                                "serialized_value_size record_buffer key_at headers_at")
 
 
 class LeanRecord(_Fields):
-    """A fetched record with ConsumerRecord's attributes; headers are decoded on first use."""
+    """A fetched record with ConsumerRecord's attributes; key and headers are read on first use."""
 
     __slots__ = ()
     checksum = None
+
+    @property
+    def key(self) -> bytes | None:
+        size = self.serialized_key_size
+        return None if size < 0 else self.record_buffer[self.key_at:self.key_at + size]
 
     @property
     def headers(self) -> tuple[tuple[str, bytes | None], ...]:
@@ -75,15 +80,17 @@ class _Unreadable(Exception):
     """A batch the fast reader does not cover: aiokafka's reader takes the whole fetch."""
 
 
-def _varints(data: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The zigzag varints starting at `at` (one per record), and where each one ends."""
-    raw = data[at[:, None] + _COLUMNS]
+def _varints(data: np.ndarray, at: np.ndarray, longest: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The zigzag varints starting at `at` (one per record), and where each one ends; an int32
+    takes at most 5 bytes, an int64 10."""
+    columns = _COLUMNS[:longest]
+    raw = data[at[:, None] + columns]
     more = raw >= 0x80
     width = np.argmin(more, axis=1) + 1  # up to the first byte without the continuation bit
     if more.all(axis=1).any():
-        raise _Unreadable("varint longer than 10 bytes")
-    parts = (raw & 0x7F).astype(np.uint64) << _SHIFTS
-    parts[_COLUMNS >= width[:, None]] = 0
+        raise _Unreadable(f"varint longer than {longest} bytes")
+    parts = (raw & 0x7F).astype(np.uint64) << _SHIFTS[:longest]
+    parts[columns >= width[:, None]] = 0
     value = parts.sum(axis=1)
     return (value >> np.uint64(1)).astype(np.int64) ^ -(value & np.uint64(1)).astype(np.int64), at + width
 
@@ -124,7 +131,7 @@ def _batch_records(body: bytes, count: int, base_offset: int, attributes: int, b
     starts, ends = _record_bounds(body, count)
     data = np.frombuffer(body + bytes(10), dtype=np.uint8)  # padded: a varint read never runs off
     at = np.array(starts, dtype=np.int64) + 1  # after the record's attributes byte
-    ts_delta, at = _varints(data, at)
+    ts_delta, at = _varints(data, at, longest=10)
     offset_delta, at = _varints(data, at)
     key_size, at = _varints(data, at)
     key_at = at
@@ -145,9 +152,8 @@ def _batch_records(body: bytes, count: int, base_offset: int, attributes: int, b
         timestamps, ts_type = (ts_delta + base_ts).tolist(), 0
     return list(map(tuple.__new__, repeat(LeanRecord), zip(
         repeat(topic, n), repeat(partition, n), offsets.tolist(), timestamps, repeat(ts_type, n),
-        _slices(body, key_at, key_size), _slices(body, value_at, value_size),
-        np.where(key_size < 0, -1, key_size).tolist(), np.where(value_size < 0, -1, value_size).tolist(),
-        repeat(body, n), headers_at.tolist())))
+        _slices(body, value_at, value_size), key_size.tolist(), value_size.tolist(),  # -1: null, as aiokafka
+        repeat(body, n), key_at.tolist(), headers_at.tolist())))
 
 
 @dataclass(frozen=True)
@@ -293,8 +299,26 @@ class LeanPartitionRecords(aiokafka_fetcher.PartitionRecords):
         return next(self._iterator) if self._lean else super().__next__()
 
 
+_stock_getall = aiokafka_fetcher.FetchResult.getall
+
+
+def _getall(self: Any, max_records: int | None = None) -> list[Any]:
+    """aiokafka's FetchResult.getall; over lean records it takes them a list slice at a time
+    instead of appending one by one in Python."""
+    records = self._partition_records
+    if type(records) is not LeanPartitionRecords or not records._lean:
+        return _stock_getall(self, max_records)
+    if not self.check_assignment(self._topic_partition) or not self.has_more():
+        return []
+    taken = list(records._iterator if max_records is None else islice(records._iterator, max_records))
+    self._update_position()
+    if max_records is None or len(taken) < max_records:
+        self._partition_records = None
+    return taken
+
+
 def install() -> bool:
-    """Makes this process's aiokafka consumers read fetched batches with `read_records`;
+    """Makes this process's aiokafka consumers read fetched batches with `scan_batches`;
     idempotent. Refuses (and says so) on an aiokafka whose fetcher it was not checked against."""
     if aiokafka_fetcher.PartitionRecords is LeanPartitionRecords:
         return True
@@ -305,4 +329,5 @@ def install() -> bool:
         return False
     aiokafka_fetcher.MemoryRecords = FetchedBytes
     aiokafka_fetcher.PartitionRecords = LeanPartitionRecords
+    aiokafka_fetcher.FetchResult.getall = _getall  # a method, not the class: the fetcher checks its type
     return True
