@@ -57,6 +57,6 @@ clean:
 # by 2 consumer processes in one group, 3 runs each (docs/benchmarks/drift-throughput.md).
 .PHONY: bench-drift
 bench-drift: install models kafka tools
-	deploy/with-kafka.sh $(BIN)/python -m loadtests.drift_bench --events 1000000 --consumers 1 2 --repeats 3 \
+	deploy/with-kafka.sh $(BIN)/python -m loadtests.drift_bench --events 1000000 --consumers 1 2 --repeats 5 \
 	  --repository models --json docs/benchmarks/drift-throughput.json
 # drift-bench-end

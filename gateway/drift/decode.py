@@ -316,6 +316,9 @@ class _Version:
 
 
 def _pick(values: list, index: np.ndarray) -> list:
+    """values[index] for sorted distinct positions (np.flatnonzero's): all of them is `values`."""
+    if len(index) == len(values):
+        return values
     return list(itemgetter(*index)(values)) if len(index) > 1 else [values[i] for i in index]
 
 
@@ -327,7 +330,7 @@ def _prefix_parts(values: list, references: ReferenceStore, layouts: Layouts, ts
     gateway's five fields may stand, of which `ts_ms` (digits) is read and the rest unused."""
     handled = np.zeros(len(values), dtype=bool)
     try:
-        model_at = np.array(list(map(bytes.find, values, repeat(MODEL_KEY))), dtype=np.int64)
+        model_at = np.fromiter(map(bytes.find, values, repeat(MODEL_KEY)), np.int64, len(values))
         prefixed = np.fromiter(map(bytes.startswith, values, repeat(PREFIX)), bool, len(values))
     except TypeError:  # a null value in the batch
         return handled
@@ -348,13 +351,13 @@ def _prefix_parts(values: list, references: ReferenceStore, layouts: Layouts, ts
                 continue
             keep = np.flatnonzero(matched)
             mine = _pick(vals, keep)
-            ts_at = np.array(list(map(bytes.find, mine, repeat(TS_KEY))), dtype=np.int64) + len(TS_KEY)
-            request_at = np.array(list(map(bytes.find, mine, repeat(REQUEST_KEY), ts_at.tolist())), dtype=np.int64)
+            ts_at = np.fromiter(map(bytes.find, mine, repeat(TS_KEY)), np.int64, len(mine)) + len(TS_KEY)
+            request_at = np.fromiter(map(bytes.find, mine, repeat(REQUEST_KEY), ts_at.tolist()), np.int64, len(mine))
             digits = list(map(bytes.__getitem__, mine, map(slice, ts_at.tolist(), request_at.tolist())))
             if not ((ts_at > len(TS_KEY)) & (request_at < model_at[todo[keep]])).all() or not all(map(bytes.isdigit, digits)):
                 continue  # not the gateway's prefix after all: the next path decides
             positions = todo[keep]
-            part.positions, part.ts_ms = positions, np.array(list(map(int, digits)), dtype=np.int64)
+            part.positions, part.ts_ms = positions, np.fromiter(map(int, digits), np.int64, len(digits))
             ts_all[positions] = part.ts_ms
             handled[positions] = True
             versions.setdefault(key, _Version(ref)).parts.append(part)
@@ -424,15 +427,18 @@ def _match_regions(skeleton: _Skeleton, ref: Reference, vals: list[bytes], model
     is off (or not finite) the batch is None and the per-event `_match_skeleton` decides."""
     lead = skeleton.header + skeleton.head
     matched = np.fromiter(map(bytes.startswith, vals, repeat(lead), model_at.tolist()), bool, len(vals))
-    data_at = model_at + len(lead)
-    ends = np.fromiter(map(bytes.find, vals, repeat(skeleton.separators[-1] + ACTION_KEY), data_at.tolist()),
-                       np.int64, len(vals))
-    matched &= ends > 0
     keep = np.flatnonzero(matched)
+    mine = _pick(vals, keep)
+    data_at = (model_at[keep] + len(lead)).tolist()
+    ends = np.fromiter(map(bytes.find, mine, repeat(skeleton.separators[-1] + ACTION_KEY), data_at), np.int64,
+                       len(mine))
+    if not (ends > 0).all():
+        matched[keep[ends <= 0]] = False
+        mine, data_at, ends, keep = _pick(mine, np.flatnonzero(ends > 0)), \
+            [a for a, e in zip(data_at, ends.tolist()) if e > 0], ends[ends > 0], keep[ends > 0]
     if not len(keep):
         return matched, None
-    mine = _pick(vals, keep)
-    text = b",1e308,".join(map(bytes.__getitem__, mine, map(slice, data_at[keep].tolist(), ends[keep].tolist())))
+    text = b",1e308,".join(map(bytes.__getitem__, mine, map(slice, data_at, ends.tolist())))
     for k, separator in enumerate(skeleton.separators[:-1], start=1):
         text = text.replace(separator, b",%de307," % k)
     try:
