@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from loadtests import host
+
 if TYPE_CHECKING:
     from gateway.events.spool import WireRecord
 
@@ -312,14 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     for consumers in args.consumers:
         for repeat in range(args.repeats):
             waited, before = wait_for_quiet(args.quiet_wait)
+            speed = host.python_speed()
             r = consume(args.bootstrap, topic, repository, consumers, args.window_size, workdir,
                         bool(args.profile) and repeat == 0, args.raw)
-            r["waited_for_quiet_s"], r["busy_cores_before"] = waited, before
+            r["waited_for_quiet_s"], r["busy_cores_before"], r["python_speed_ms"] = waited, before, speed
             results.append(r)
             print(f"consumers={consumers} run={repeat + 1}: {r['events']:,} events ({r['records_read']:,} read), {r['reports']} reports, "
                   f"{r['events_per_s']:,.0f} events/s wall, {r['events_per_cpu_s']:,.0f} events per CPU second "
                   f"(cpu {r['cpu_s']:.2f} s, busy {r['busy_s']:.2f} s; other load {r['other_cores']:.2f} cores, "
-                  f"{r['busy_cores_before']:.2f} before, after waiting {r['waited_for_quiet_s']:.0f} s)",
+                  f"{r['busy_cores_before']:.2f} before, after waiting {r['waited_for_quiet_s']:.0f} s; "
+                  f"host speed probe {speed} ms)",
                   flush=True)
     summary = {}
     for consumers in args.consumers:
