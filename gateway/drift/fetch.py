@@ -3,7 +3,7 @@
 Why: aiokafka builds every record field by field (in C) and then wraps it in a ConsumerRecord
 (in Python), decoding its headers into (str, bytes) tuples on the way. The gateway's events carry
 nine CloudEvents headers that the drift monitor never reads; building them and the wrappers took
-about 6 µs per event, a third of the whole consumer. Here one fetched partition's record batches
+about 7 µs per event, half of the whole consumer (docs/benchmarks/drift-throughput.md). Here one fetched partition's record batches
 (Kafka message format v2) are read with numpy: a short loop finds where each record starts, the
 fields after it are decoded for all records at once, and each record becomes a tuple with
 ConsumerRecord's attributes whose `headers` are decoded only when someone reads them.
