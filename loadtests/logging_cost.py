@@ -59,20 +59,29 @@ def _cpu_by_part(root: int) -> dict[str, float]:
     return parts
 
 
+def _measured(server: servers.Server, kafka_pid: int | None, settings: RunSettings) -> tuple[dict[str, Any],
+                                                                                          dict[str, float]]:
+    """Runs `settings` against the gateway: the harness's result, and the CPU µs per answered
+    request of each part of the gateway's tree and of the broker over the measured window."""
+    samples: list[dict[str, float]] = []
+    snap: Callable[[], None] = lambda: samples.append(_cpu_by_part(server.pid))
+    result = execute(settings, watch={"server": server.pid, "kafka": kafka_pid},
+                     actions=[(settings.warmup, snap), (settings.warmup + settings.duration, snap)])
+    answered = max(result["achieved_rate"] * settings.duration, 1.0)
+    us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
+    us["kafka"] = round(result["cpu"]["kafka"] * settings.duration / answered * 1e6, 1)  # idle when logging is off
+    return result, us
+
+
 def cpu_per_request(server: servers.Server, kafka_pid: int | None, rate: float, duration: float,
                     warmup: float) -> dict[str, Any]:
     """Open loop at `rate`: microseconds of CPU per answered request, by process."""
-    samples: list[dict[str, float]] = []
-    snap: Callable[[], None] = lambda: samples.append(_cpu_by_part(server.pid))
-    watch = {"server": server.pid, "kafka": kafka_pid}
-    result = execute(RunSettings(url=server.url, scenario=SCENARIO, mode="constant", rate=rate, duration=duration,
-                                 warmup=warmup, connections=64, processes=1, label="cpu"),
-                     watch=watch, actions=[(warmup, snap), (warmup + duration, snap)])
-    answered = result["achieved_rate"] * duration
-    us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
+    result, us = _measured(server, kafka_pid, RunSettings(
+        url=server.url, scenario=SCENARIO, mode="constant", rate=rate, duration=duration, warmup=warmup,
+        connections=64, processes=1, label="cpu"))
+    answered = max(result["achieved_rate"] * duration, 1.0)
     us["server"] = round(sum(us[p] for p in PARTS), 1)
     cpu = result["cpu"]
-    us["kafka"] = round(cpu["kafka"] * duration / answered * 1e6, 1)  # idle when logging is off
     us["generator"] = round(cpu["generator"] * duration / answered * 1e6, 1)
     us["machine"] = round(us["server"] + us["kafka"] + us["generator"], 1)  # all that shares the cores
     return {"us_per_request": us, "achieved_rate": result["achieved_rate"], "errors": result["errors"],
@@ -83,15 +92,9 @@ def closed_loop(server: servers.Server, kafka_pid: int | None, connections: int,
                 warmup: float) -> dict[str, Any]:
     """Closed loop: achieved requests/s, and where the cores went at saturation (CPU µs per
     request by process), which is what decides the ratio."""
-    samples: list[dict[str, float]] = []
-    snap: Callable[[], None] = lambda: samples.append(_cpu_by_part(server.pid))
-    result = execute(RunSettings(url=server.url, scenario=SCENARIO, mode="closed", connections=connections,
-                                 duration=duration, warmup=warmup, label="closed"),
-                     watch={"server": server.pid, "kafka": kafka_pid},
-                     actions=[(warmup, snap), (warmup + duration, snap)])
-    answered = max(result["achieved_rate"] * duration, 1.0)
-    us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
-    us["kafka"] = round(result["cpu"]["kafka"] * duration / answered * 1e6, 1)
+    result, us = _measured(server, kafka_pid, RunSettings(
+        url=server.url, scenario=SCENARIO, mode="closed", connections=connections, duration=duration,
+        warmup=warmup, label="closed"))
     return {"achieved_rate": result["achieved_rate"], "errors": result["errors"], "cpu": result["cpu"],
             "us_per_request": us}
 

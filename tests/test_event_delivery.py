@@ -111,8 +111,11 @@ async def test_events_spooled_before_a_sigkill_are_delivered_after_the_restart(
 
     await asyncio.to_thread(private_broker.start)
     restarted = start_gateway(config)
-    await wait_for_metric(restarted.url, "gateway_event_spool_bytes", lambda v: v == 0)
-    assert await metric(restarted.url, "gateway_events_total", outcome="replayed") >= 400
+    # Waited for in this order: until the new shipper's first metrics arrive (about a second),
+    # an absent spool gauge reads 0, which would pass a wait for an empty spool at once.
+    replayed = await wait_for_metric(restarted.url, "gateway_events_total", lambda v: v >= 400, outcome="replayed")
+    assert replayed >= 400
+    assert await wait_for_metric(restarted.url, "gateway_event_spool_bytes", lambda v: v == 0) == 0
     records = await read_topic(private_broker.bootstrap, unique_topic, expected=400)
     seen = collections.Counter((e["request_id"], e["role"]) for _, e, _ in records)
     assert all(seen[(f"kill-{i}", role)] >= 1 for i in range(200) for role in ("champion", "challenger"))
