@@ -203,33 +203,13 @@ def topic_size(bootstrap: str, topic: str) -> tuple[int, int]:
     return asyncio.run(size())
 
 
-def _busy_cpu_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores; /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(max_wait_s: float, idle_below: float = 0.3) -> tuple[float, float]:
-    """Wait (up to max_wait_s) for a second in which the machine's other jobs keep fewer than
-    `idle_below` cores busy: on this 2-vCPU machine a busy sibling slows every CPU second of
-    ours. Returns (seconds waited, busy cores in the last second measured)."""
-    start = time.perf_counter()
-    while True:
-        busy0 = _busy_cpu_s()
-        time.sleep(1.0)
-        busy = _busy_cpu_s() - busy0
-        waited = time.perf_counter() - start
-        if busy < idle_below or waited >= max_wait_s:
-            return waited, busy
-
-
 def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window_size: int,
             workdir: Path, profile: bool, raw: bool = False) -> dict:
     group = f"bench-{uuid.uuid4().hex[:8]}"
     events, partitions = topic_size(bootstrap, topic)
     procs = []
-    busy0, wall0 = _busy_cpu_s(), time.perf_counter()
+    before = host.sample_cpu({})
+    wall0 = time.perf_counter()
     for i in range(consumers):
         args = [sys.executable, "-m", "loadtests.drift_bench", "--worker", str(workdir / f"stats-{group}-{i}.json"),
                 "--bootstrap", bootstrap, "--topic", topic, "--repository", str(repository),
@@ -242,8 +222,8 @@ def consume(bootstrap: str, topic: str, repository: Path, consumers: int, window
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"consumer process failed ({p.returncode})")
-    machine_busy = _busy_cpu_s() - busy0
     elapsed = time.perf_counter() - wall0
+    machine_busy = host.cpu_between(before, host.sample_cpu({}), elapsed)["machine_busy"] * elapsed
     stats = [json.loads((workdir / f"stats-{group}-{i}.json").read_text()) for i in range(consumers)]
     read = sum(s["events"] for s in stats)  # more than `events` if a rebalance made a member re-read
     cpu = sum(s["cpu_s"] for s in stats)
@@ -313,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for consumers in args.consumers:
         for repeat in range(args.repeats):
-            waited, before = wait_for_quiet(args.quiet_wait)
+            quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait)
+            waited, before = quiet["waited_s"], quiet["busy_cores"]
             speed = host.python_speed()
             r = consume(args.bootstrap, topic, repository, consumers, args.window_size, workdir,
                         bool(args.profile) and repeat == 0, args.raw)

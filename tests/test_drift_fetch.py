@@ -79,7 +79,8 @@ def test_every_field_and_the_position_equal_aiokafkas(codec: int) -> None:
             lean = _read(fetch.LeanPartitionRecords, fetch.FetchedBytes, fetched, fetch_offset, take)
             assert lean == stock
             assert stock[0][0], "the comparison must cover records"
-    records, next_offset = fetch.read_records(data, TP.topic, TP.partition, 100)
+    batches, next_offset = fetch.scan_batches(data, 100)
+    records = [r for b in batches for r in b.records(TP.topic, TP.partition, 100)]
     assert len(records) == 68 and next_offset == 168
     assert isinstance(records[0], fetch.LeanRecord)  # the fast reader did read these
 
@@ -88,7 +89,7 @@ def test_what_the_fast_reader_does_not_cover_is_read_by_aiokafka() -> None:
     plain, transactional = _batch(0, _records(10, 4)), _batch(10, _records(10, 5), transactional=True)
     data = plain + transactional
     with pytest.raises(fetch._Unreadable):
-        fetch.read_records(data, TP.topic, TP.partition, 0)
+        fetch.scan_batches(data, 0)
     stock = _read(STOCK, MemoryRecords, data, 0)
     assert _read(fetch.LeanPartitionRecords, fetch.FetchedBytes, data, 0) == stock
     assert sum(len(records) for records, _ in stock) == 20

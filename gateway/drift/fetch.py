@@ -210,13 +210,6 @@ def scan_batches(data: bytes, fetch_offset: int, check_crcs: bool = True) -> tup
     return batches, max(next_offset, fetch_offset)
 
 
-def read_records(data: bytes, topic: str, partition: int, fetch_offset: int, check_crcs: bool = True
-                 ) -> tuple[list[LeanRecord], int]:
-    """All records of `scan_batches` at once, and the offset after them."""
-    batches, end_offset = scan_batches(data, fetch_offset, check_crcs)
-    return [r for b in batches for r in b.records(topic, partition, fetch_offset)], end_offset
-
-
 class FetchedBytes:
     """What aiokafka's fetcher wraps a partition's fetched bytes in; keeps them for the fast
     reader and builds aiokafka's own reader only when asked."""
