@@ -429,16 +429,17 @@ def _match_regions(skeleton: _Skeleton, ref: Reference, vals: list[bytes], model
     matched = np.fromiter(map(bytes.startswith, vals, repeat(lead), model_at.tolist()), bool, len(vals))
     keep = np.flatnonzero(matched)
     mine = _pick(vals, keep)
-    data_at = (model_at[keep] + len(lead)).tolist()
-    ends = np.fromiter(map(bytes.find, mine, repeat(skeleton.separators[-1] + ACTION_KEY), data_at), np.int64,
-                       len(mine))
-    if not (ends > 0).all():
-        matched[keep[ends <= 0]] = False
-        mine, data_at, ends, keep = _pick(mine, np.flatnonzero(ends > 0)), \
-            [a for a, e in zip(data_at, ends.tolist()) if e > 0], ends[ends > 0], keep[ends > 0]
+    data_at = model_at[keep] + len(lead)
+    ends = np.fromiter(map(bytes.find, mine, repeat(skeleton.separators[-1] + ACTION_KEY), data_at.tolist()),
+                       np.int64, len(mine))
+    found = ends > 0
+    if not found.all():
+        matched[keep[~found]] = False
+        keep, data_at, ends = keep[found], data_at[found], ends[found]
+        mine = _pick(vals, keep)
     if not len(keep):
         return matched, None
-    text = b",1e308,".join(map(bytes.__getitem__, mine, map(slice, data_at, ends.tolist())))
+    text = b",1e308,".join(map(bytes.__getitem__, mine, map(slice, data_at.tolist(), ends.tolist())))
     for k, separator in enumerate(skeleton.separators[:-1], start=1):
         text = text.replace(separator, b",%de307," % k)
     try:
