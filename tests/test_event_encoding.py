@@ -1,5 +1,6 @@
-"""The shipper's fast paths give the same bytes as the plain ones: records built straight from
-frames, Kafka's murmur2 partitioning, lz4 batches at the fast level, the burst queue."""
+"""The event log's fast paths give the same bytes as the plain ones: records cut from the
+gateway's frames, inputs serialised once per request, Kafka's murmur2 partitioning, lz4 batches
+at the fast level, the burst queue."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,8 @@ from aiokafka.record import default_records
 from aiokafka.record.memory_records import MemoryRecords
 
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
-from gateway.events.records import scoring_event, scoring_event_from_frame, to_wire
+from gateway.events.records import (event_record, logged_inputs, scoring_event, tensors, to_frame, to_wire,
+                                    wires_from_frames)
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, split_frames
 
@@ -42,19 +44,26 @@ def _without_id(value: bytes) -> dict:
     return record
 
 
-@pytest.mark.parametrize("rows,action", [(1, True), (7, True), (2, False)])
-def test_record_from_frame_is_the_record_from_arrays(rows, action):
-    frame = encode(*_event(rows, action))
-    [(meta, body)], used = split_frames(frame, copy=False)
-    assert used == len(frame) and isinstance(body, memoryview)
-    plain = to_wire(scoring_event(meta, decode_arrays(meta, body)), "scoring.events")
-    fast = to_wire(scoring_event_from_frame(meta, body), "scoring.events")
-    assert _without_id(fast.value) == _without_id(plain.value)
-    assert fast.key == plain.key == f"req-{rows}".encode()
-    plain_headers, fast_headers = dict(plain.headers), dict(fast.headers)
-    assert plain_headers.pop("ce_id") != fast_headers.pop("ce_id")
-    assert fast_headers == plain_headers
-    assert [k for k, _ in fast.headers] == [k for k, _ in plain.headers]
+def test_the_shippers_records_are_the_records_the_gateway_framed():
+    records = [scoring_event(*_event(rows, action)) for rows, action in [(1, True), (7, True), (2, False)]]
+    records[2]["gateway_instance"] = "höst-2"  # non-ASCII names survive the byte lengths
+    stream = b"".join(to_frame(r) for r in records)
+    wires, used = wires_from_frames(stream + stream[:40], "scoring.events")  # a frame cut short stays unread
+    assert used == len(stream)
+    for wire, record in zip(wires, records, strict=True):
+        expected = to_wire(record, "scoring.events")
+        assert (wire.topic, wire.key, wire.value, wire.headers) == \
+            (expected.topic, expected.key, expected.value, expected.headers)
+    assert dict(wires[2].headers)["ce_source"] == "/gateway/höst-2".encode()
+
+
+def test_inputs_serialised_once_give_the_same_record():
+    meta, arrays = _event(3, True)
+    plain = scoring_event(meta, arrays)
+    inputs = {k.split("/")[1]: a for k, a in arrays.items() if k.startswith("inputs/")}
+    outputs = {k.split("/")[1]: a for k, a in arrays.items() if k.startswith("outputs/")}
+    shared = event_record(meta, logged_inputs(inputs), tensors(outputs), {"probabilities": arrays["action/probabilities"]})
+    assert _without_id(to_wire(shared, "t").value) == _without_id(to_wire(plain, "t").value)
 
 
 def test_split_frames_copies_unless_told_not_to():
@@ -102,6 +111,12 @@ def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
     assert spooled == [b"3", b"4"]
 
 
+def _frame(i: int) -> bytes:
+    """Event frames of varying size, the request id numbering them."""
+    meta, arrays = _event(i % 7 + 1, i % 2 == 0)
+    return to_frame(scoring_event({**meta, "request_id": str(i)}, arrays))
+
+
 def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
     from gateway.events.shipper import _Inbox
 
@@ -110,9 +125,9 @@ def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
         bursts: list[list[int]] = []
         loop = asyncio.get_running_loop()
         _, inbox = await loop.connect_accepted_socket(
-            lambda: _Inbox(lambda frames: bursts.append([meta["i"] for meta, _ in frames])), theirs)
+            lambda: _Inbox("t", lambda wires: bursts.append([int(w.key) for w in wires])), theirs)
         _, writer = await asyncio.open_unix_connection(sock=ours)
-        data = b"".join(encode({"i": i}, {"x": np.arange(i % 7)}) for i in range(1000))
+        data = b"".join(_frame(i) for i in range(1000))
         for start in range(0, len(data), 997):  # frames cut anywhere
             writer.write(data[start : start + 997])
             await asyncio.sleep(0)
@@ -134,8 +149,8 @@ def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
         bursts: list[list[int]] = []
         loop = asyncio.get_running_loop()
         transport, inbox = await loop.connect_accepted_socket(
-            lambda: shipper._Inbox(lambda frames: bursts.append([meta["i"] for meta, _ in frames])), theirs)
-        ours.sendall(encode({"i": 0}))
+            lambda: shipper._Inbox("t", lambda wires: bursts.append([int(w.key) for w in wires])), theirs)
+        ours.sendall(_frame(0))
 
         async def received() -> None:
             while not inbox._chunks:

@@ -1,10 +1,11 @@
 """The event shipper: a process of its own that turns what the gateway scored into Kafka records.
 
-Building each event's JSON and producing it costs more Python than the scoring it logs, so the
-gateway's request loop only frames the raw arrays and a few scalars (scorers.protocol, as for
-workers) and writes them, coalesced, to the shipper's socket. The shipper runs the EventLogger:
-queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway once a
-second and are re-exported on the gateway's /metrics.
+Producing to Kafka (batches, partitions, confirmations, spool) costs more Python than the
+scoring it logs, so the gateway's request loop only serialises each record (one orjson call)
+and writes it, framed with the few fields its Kafka headers need (records.to_frame) and
+coalesced, to the shipper's socket. The shipper cuts the frames into Kafka records and runs the
+EventLogger: queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway
+once a second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
@@ -21,12 +22,14 @@ import socket
 import sys
 from typing import Any, Callable
 
-import numpy as np
 import orjson
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
-from scorers.protocol import HEADER, encode, split_frames
+from scorers.protocol import HEADER, encode
+
+from .records import to_frame, wires_from_frames
+from .spool import WireRecord
 
 log = logging.getLogger("gateway.events")
 METRICS_INTERVAL = 1.0
@@ -85,14 +88,15 @@ class EventShipper:
         reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         self._reader = asyncio.create_task(self._read(reader))
 
-    def log(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def log(self, record: dict[str, Any]) -> None:
+        """Hands over a scoring event record (records.event_record)."""
         writer = self._writer
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
             self.lost += 1
             return
         if not self._outbox:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
-        self._outbox.append(encode(meta, arrays))
+        self._outbox.append(to_frame(record))
 
     def _flush(self) -> None:
         frames, self._outbox = self._outbox, []
@@ -146,11 +150,13 @@ def _metrics_snapshot() -> list[dict[str, Any]]:
 
 
 class _Inbox(asyncio.Protocol):
-    """The shipper's end of the socket: hands complete frames to `on_frames` in bursts, at most
-    one burst per READ_PAUSE (reading is paused in between), and the rest at end of stream."""
+    """The shipper's end of the socket: hands the Kafka records of complete frames to `on_wires`
+    in bursts, at most one burst per READ_PAUSE (reading is paused in between), and the rest at
+    end of stream."""
 
-    def __init__(self, on_frames: Callable[[list[tuple[dict[str, Any], memoryview]]], None]):
-        self.on_frames = on_frames
+    def __init__(self, topic: str, on_wires: Callable[[list[WireRecord]], None]):
+        self.topic = topic
+        self.on_wires = on_wires
         self.transport: asyncio.Transport | None = None
         self.closed = asyncio.get_running_loop().create_future()
         self._chunks: list[bytes] = []  # received, not yet split into frames
@@ -175,10 +181,10 @@ class _Inbox(asyncio.Protocol):
     def _deliver(self) -> None:
         data = b"".join([self._pending, *self._chunks])
         self._chunks.clear()
-        frames, used = split_frames(data, copy=False)  # bodies are views into `data`
+        wires, used = wires_from_frames(data, self.topic)
         self._pending = data[used:]
-        if frames:
-            self.on_frames(frames)
+        if wires:
+            self.on_wires(wires)
 
     def eof_received(self) -> bool:
         return False  # close: the gateway stopped or died
@@ -194,7 +200,6 @@ class _Inbox(asyncio.Protocol):
 
 async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
     from .logger import EventLogger
-    from .records import scoring_event_from_frame, to_wire
     from .spool import DiskSpool
 
     spool = await asyncio.to_thread(DiskSpool.locked, settings["spool_dir"], settings["spool_max_bytes"],
@@ -205,14 +210,8 @@ async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
         stall_timeout=settings["stall_timeout"], create_topics=settings["create_topics"],
     )
     await logger.start()
-    topic = settings["topic"]
-
-    def on_frames(frames: list[tuple[dict[str, Any], memoryview]]) -> None:
-        # Serialised at once, so only the compact Kafka records wait in the queue.
-        logger.log_wires([to_wire(scoring_event_from_frame(meta, body), topic) for meta, body in frames])
-
     loop = asyncio.get_running_loop()
-    transport, inbox = await loop.connect_accepted_socket(lambda: _Inbox(on_frames), sock)
+    transport, inbox = await loop.connect_accepted_socket(lambda: _Inbox(settings["topic"], logger.log_wires), sock)
 
     async def report() -> None:
         while not transport.is_closing():
