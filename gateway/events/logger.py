@@ -105,7 +105,10 @@ class _Partitioner:
 
 
 class EventLogger:
-    DRAIN_BATCH = 2000  # records packed into Kafka batches and sent per turn of the drain loop
+    # Records packed into Kafka batches and sent per turn of the drain loop, at most: the broker's
+    # CPU goes mostly per produce request, so one turn per linger takes all that waits (at
+    # saturation, ~4,000 records per 500 ms).
+    DRAIN_BATCH = 20_000
     REPLAY_BATCH = 2000  # spooled records read and sent per turn of the replay loop
     MAX_IN_FLIGHT = 50_000  # unconfirmed records beyond which new ones go to the spool (bounds memory)
     MAX_EVENT_BYTES = 1_000_000  # the broker's default message.max.bytes, with room for headers
@@ -128,6 +131,10 @@ class EventLogger:
         self._create_topics = create_topics  # (names, partitions, replication factor)
         self._producer_args = dict(
             bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
+            # The producer lingers too, after the drain's own linger: each batch waits up to twice
+            # `linger_ms`, but the batches of consecutive drain turns go out together. With
+            # linger_ms=0 here the broker's CPU per request at saturation was 30-35 µs, with
+            # 500 ms 9-10 µs (docs/benchmarks/logging-cost.md).
             linger_ms=linger_ms, compression_type=compression, max_batch_size=1024 * 1024,
             request_timeout_ms=30_000, retry_backoff_ms=200,
         )

@@ -37,12 +37,13 @@ FLUSH_INTERVAL = 0.002  # one write to the shipper per 2 ms: fewer syscalls and 
 # The shipper reads its socket at most this often: between reads it stops polling the socket,
 # so events wait in the kernel's socket buffer (safe if the gateway dies: the shipper still
 # reads them) and arrive in bursts; the fixed cost of a wake-up (epoll, read, callbacks: more
-# than building an event) is paid per burst, not per loop turn of the gateway. 20 ms rather than
-# 5 ms: the shipper's CPU per request at 1,200 req/s fell from 113-121 to 93-102 µs
-# (docs/benchmarks/logging-cost.md); events reach Kafka up to 15 ms later (linger is 100 ms).
-READ_PAUSE = 0.020
-# What the kernel may hold between two reads (capped by net.core.wmem_max): 20 ms of events at
-# 10,000 events/s is ~150 KB; beyond it the gateway's own write buffer holds the rest.
+# than cutting an event's frame) is paid per burst, not per loop turn of the gateway. 100 ms
+# rather than 20 or 50 ms: the shipper's CPU per request at 3,000 req/s is 12-14 µs against
+# 20-26 µs at 50 ms (docs/benchmarks/logging-cost.md); events wait in Kafka batches for
+# 2 x linger_ms (1 s) anyway.
+READ_PAUSE = 0.100
+# What the kernel may hold between two reads (capped by net.core.wmem_max): 100 ms of events at
+# 10,000 events/s is ~1 MB; beyond it the gateway's own write buffer holds the rest.
 SOCKET_BUFFER_BYTES = 4 << 20
 
 
