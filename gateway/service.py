@@ -19,7 +19,7 @@ from gateway import metrics
 from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
 from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable
 from gateway.events.shipper import EventShipper
-from gateway.events.records import event_record, logged_inputs, new_id, sampled, tensors
+from gateway.events.records import new_id, sampled
 from gateway.feedback.hub import FeedbackHub
 from gateway.models.repository import ModelVersion
 from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
@@ -97,17 +97,14 @@ class ScoringService:
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
         if self.events is None or not sampled(request_id, deployed.log_sample_rate):
             return
-        if request.logged_inputs is None:
-            request.logged_inputs = logged_inputs(request.inputs)
-        outputs = tensors(outcome.prediction.outputs) if outcome.prediction is not None else []
-        self.events.log(event_record({
+        self.events.log({
             "ts": time.time(), "request_id": request_id, "model_name": deployed.name, "model_version": version,
             "role": role, "route": plan.policy, "arm": version, "reason": reason,
             "served": version == plan.serve and role != "challenger",
             "status": outcome.status, "error": outcome.error, "latency_ms": outcome.latency_ms,
             "instance": self.instance, "sample_rate": deployed.log_sample_rate,
             "action_version": action[0] if action else None,
-        }, request.logged_inputs, outputs, action[1] if action else {}))
+        }, request, outcome.prediction.outputs if outcome.prediction is not None else {}, action[1] if action else {})
 
     async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)

@@ -166,3 +166,39 @@ def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
     reading, before, after = asyncio.run(scenario())
     assert not reading and before == []  # the wake-up only queued the data and paused the socket
     assert after == [[0]]
+
+
+def test_the_gateway_frames_each_flushs_events_and_drops_only_one_it_cannot_serialise():
+    from prometheus_client import REGISTRY
+
+    from gateway.codecs.v2 import InferRequest
+    from gateway.events.shipper import EventShipper
+
+    async def scenario() -> tuple[list, int, bool]:
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        shipper = EventShipper({})
+        try:
+            _, shipper._writer = await asyncio.open_unix_connection(sock=ours)
+            meta, arrays = _event(2, True)
+            request = InferRequest("r", {"input": arrays["inputs/input"], "flag": arrays["inputs/flag"]}, 2)
+            outputs = {"label": arrays["outputs/label"], "probabilities": arrays["outputs/probabilities"]}
+            action = {"probabilities": arrays["action/probabilities"]}
+            for i, error in enumerate([None, object(), None]):  # the second cannot be JSON
+                shipper.log({**meta, "request_id": str(i), "error": error}, request, outputs, action)
+            shipper._flush()
+            await shipper._writer.drain()
+            shipper._writer.close()
+            data = b""
+            while chunk := await asyncio.wait_for(asyncio.get_running_loop().sock_recv(theirs, 1 << 20), 10):
+                data += chunk
+            wires, used = wires_from_frames(data, "scoring.events")
+            return wires, shipper.lost, used == len(data)
+        finally:
+            REGISTRY.unregister(shipper)
+            theirs.close()
+
+    wires, lost, whole = asyncio.run(scenario())
+    assert [w.key for w in wires] == [b"0", b"2"] and lost == 1 and whole
+    expected = scoring_event({**_event(2, True)[0], "request_id": "2"}, _event(2, True)[1])
+    assert _without_id(wires[1].value) == _without_id(to_wire(expected, "t").value)  # inputs serialised once, shared

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import orjson
 
-from gateway.codecs.v2 import tensor
+from gateway.codecs.v2 import InferRequest, tensor
 from gateway.events.spool import WireRecord
 
 SCHEMA_VERSION = 1
@@ -83,6 +83,15 @@ def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
         kind, name = _kind(key)
         {"inputs": inputs, "outputs": outputs, "action": action}[kind][name] = array
     return event_record(meta, tensors(inputs), tensors(outputs), action)
+
+
+def event_from(meta: dict[str, Any], request: InferRequest, outputs: Mapping[str, np.ndarray],
+               action: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The record of one model's answer to `request`: its inputs are serialised once per request
+    (kept on the request), shared by the champion's record and every shadow's."""
+    if request.logged_inputs is None:
+        request.logged_inputs = logged_inputs(request.inputs)
+    return event_record(meta, request.logged_inputs, tensors(outputs), action)
 
 
 def event_record(meta: dict[str, Any], inputs: list | orjson.Fragment, outputs: list,
