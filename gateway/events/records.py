@@ -130,15 +130,32 @@ _SPEC = ("ce_specversion", b"1.0")
 _TYPE = ("ce_type", CE_TYPE.encode())
 _CONTENT_TYPE = ("content-type", b"application/json")
 _SCHEMA = ("schema_version", str(SCHEMA_VERSION).encode())
-_PER_SOURCE: dict[tuple[bytes, bytes, bytes], tuple[tuple[str, bytes], ...]] = {}
+_SOURCE_LENGTHS = struct.Struct("<3I")
+_SOURCE_BLOBS: dict[tuple[str, str, str], bytes] = {}
+_SOURCE_HEADERS: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
 
 
-def _headers(event_id: bytes, timestamp: bytes, instance: bytes, model: bytes, version: bytes) -> list[tuple[str, bytes]]:
-    source = _PER_SOURCE.get((instance, model, version))
+def _source_blob(instance: str, model: str, version: str) -> bytes:
+    """(instance, model, version) as the frame carries them, built once per triple."""
+    blob = _SOURCE_BLOBS.get((instance, model, version))
+    if blob is None:
+        if len(_SOURCE_BLOBS) > 10_000:
+            _SOURCE_BLOBS.clear()
+        parts = (instance.encode(), model.encode(), version.encode())
+        blob = _SOURCE_BLOBS[(instance, model, version)] = _SOURCE_LENGTHS.pack(*map(len, parts)) + b"".join(parts)
+    return blob
+
+
+def _headers(event_id: bytes, timestamp: bytes, source_blob: bytes) -> list[tuple[str, bytes]]:
+    source = _SOURCE_HEADERS.get(source_blob)
     if source is None:
-        if len(_PER_SOURCE) > 10_000:
-            _PER_SOURCE.clear()
-        source = _PER_SOURCE[(instance, model, version)] = (
+        if len(_SOURCE_HEADERS) > 10_000:
+            _SOURCE_HEADERS.clear()
+        instance_len, model_len, _ = _SOURCE_LENGTHS.unpack_from(source_blob)
+        model_at = _SOURCE_LENGTHS.size + instance_len
+        instance = source_blob[_SOURCE_LENGTHS.size : model_at]
+        model, version = source_blob[model_at : model_at + model_len], source_blob[model_at + model_len :]
+        source = _SOURCE_HEADERS[source_blob] = (
             ("ce_source", b"/gateway/" + instance), ("model", model), ("model_version", version))
     return [_SPEC, ("ce_id", event_id), _TYPE, source[0], ("ce_time", timestamp), _CONTENT_TYPE,
             source[1], source[2], _SCHEMA]
@@ -151,21 +168,20 @@ def _value(record: dict[str, Any]) -> bytes:
 def to_wire(record: dict[str, Any], topic: str) -> WireRecord:
     """The Kafka record: JSON value, request-id key, CloudEvents binary-mode headers."""
     headers = _headers(record["event_id"].encode(), record["timestamp"].encode(),
-                       record["gateway_instance"].encode(), record["model_name"].encode(),
-                       record["model_version"].encode())
+                       _source_blob(record["gateway_instance"], record["model_name"], record["model_version"]))
     return WireRecord(topic, record["request_id"].encode(), _value(record), headers)
 
 
-# The gateway -> shipper frame: the lengths of (value, key, event id, time, instance, model,
-# version), then those bytes back to back; what `to_wire` needs, without parsing the value.
-_FRAME = struct.Struct("<7I")
+# The gateway -> shipper frame: the lengths of (value, key, event id, time, source), then those
+# bytes back to back, the source being (instance, model, version) as `_source_blob` packs them:
+# what `to_wire` needs, without parsing the value.
+_FRAME = struct.Struct("<5I")
 MAX_FRAME = 1 << 30
 
 
 def to_frame(record: dict[str, Any]) -> bytes:
-    parts = (_value(record), record["request_id"].encode(), record["event_id"].encode(),
-             record["timestamp"].encode(), record["gateway_instance"].encode(),
-             record["model_name"].encode(), record["model_version"].encode())
+    parts = (_value(record), record["request_id"].encode(), record["event_id"].encode(), record["timestamp"].encode(),
+             _source_blob(record["gateway_instance"], record["model_name"], record["model_version"]))
     return _FRAME.pack(*map(len, parts)) + b"".join(parts)
 
 
@@ -181,7 +197,7 @@ def wires_from_frames(data: bytes, topic: str) -> tuple[list[WireRecord], int]:
             raise ValueError(f"event frame of {end - pos} bytes exceeds the {MAX_FRAME} limit: the stream is corrupt")
         if end > size:
             break
-        value_len, key_len, id_len, time_len, instance_len, model_len, version_len = lengths
+        value_len, key_len, id_len, time_len, _ = lengths
         at = pos + head + value_len
         value = data[pos + head : at]
         key = data[at : at + key_len]
@@ -189,11 +205,6 @@ def wires_from_frames(data: bytes, topic: str) -> tuple[list[WireRecord], int]:
         event_id = data[at : at + id_len]
         at += id_len
         timestamp = data[at : at + time_len]
-        at += time_len
-        instance = data[at : at + instance_len]
-        at += instance_len
-        model = data[at : at + model_len]
-        at += model_len
-        wires.append(WireRecord(topic, key, value, _headers(event_id, timestamp, instance, model, data[at:end])))
+        wires.append(WireRecord(topic, key, value, _headers(event_id, timestamp, data[at + time_len : end])))
         pos = end
     return wires, pos

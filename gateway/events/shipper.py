@@ -98,10 +98,6 @@ class EventShipper:
         """Takes what one scoring event record needs (records.event_from); the records are built
         and serialised at the next flush, a batch at a time: off the response path, and with the
         same code running back to back, which costs the request loop less than one at a time."""
-        writer = self._writer
-        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
-            self.lost += 1
-            return
         if not self._outbox:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
         self._outbox.append((meta, request, outputs, action))
@@ -110,8 +106,9 @@ class EventShipper:
         pending, self._outbox = self._outbox, []
         if not pending:
             return  # already flushed (stop() flushes at once)
-        if self._writer is None or self._writer.is_closing():
-            self.lost += len(pending)
+        writer = self._writer
+        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
+            self.lost += len(pending)  # the shipper is gone or not reading: never block, never grow without bound
             return
         frames = []
         for event in pending:
@@ -120,7 +117,7 @@ class EventShipper:
             except Exception:  # one event that cannot be serialised must not take the others with it
                 self.lost += 1
                 log.exception("scoring event not serialisable; dropped and counted as unshipped")
-        self._writer.write(b"".join(frames))
+        writer.write(b"".join(frames))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
