@@ -3,10 +3,10 @@ wire forms: the Kafka record (`to_wire`) and the frame the gateway hands the eve
 (`to_frame`, read back by `wires_from_frames`).
 
 The gateway builds each record as a plain dict holding numpy arrays and serialises it with one
-orjson call, after the response is sent: a record built straight from the request's arrays costs
-the gateway no more than framing those arrays did, while rebuilding it from raw arrays in the
-shipper cost the shipper half its CPU. The shipper only cuts frames into Kafka records.
-"""
+orjson call, at its next 2 ms flush to the shipper (`event_from`, `to_frame`): a record built
+straight from the request's arrays costs the gateway no more than framing those arrays did,
+while rebuilding it from raw arrays in the shipper cost the shipper half its CPU. The shipper
+only cuts frames into Kafka records."""
 from __future__ import annotations
 
 import hashlib
@@ -77,7 +77,7 @@ def logged_inputs(arrays: Mapping[str, np.ndarray]) -> orjson.Fragment:
 
 def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """`event_record` from arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`: for
-    code that holds a model's arrays (tests, benchmarks); the gateway calls `event_record`."""
+    code that holds a model's arrays (tests, benchmarks); the gateway calls `event_from`."""
     inputs, outputs, action = {}, {}, {}
     for key, array in arrays.items():
         kind, name = _kind(key)

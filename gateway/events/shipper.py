@@ -1,11 +1,12 @@
 """The event shipper: a process of its own that turns what the gateway scored into Kafka records.
 
 Producing to Kafka (batches, partitions, confirmations, spool) costs more Python than the
-scoring it logs, so the gateway's request loop only builds and serialises each record (one
-orjson call, every 2 ms for the events since the last flush) and writes them, framed with the
-few fields their Kafka headers need (records.to_frame), to the shipper's socket. The shipper cuts the frames into Kafka records and runs the
-EventLogger: queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway
-once a second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
+scoring it logs, so the gateway's request loop only builds and serialises the records (one
+orjson call each, every 2 ms for the events since the last flush) and writes them, framed with
+the few fields their Kafka headers need (records.to_frame), to the shipper's socket. The
+shipper cuts the frames into Kafka records and runs the EventLogger: queue, Kafka producer,
+disk spool and replay. Its metrics come back to the gateway once a second (scorers.protocol
+frames) and are re-exported on the gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
