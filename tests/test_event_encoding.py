@@ -168,7 +168,7 @@ def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
     assert after == [[0]]
 
 
-def test_the_gateway_frames_each_flushs_events_and_drops_only_one_it_cannot_serialise():
+def test_a_flush_frames_every_event_and_drops_only_one_that_cannot_be_serialised():
     from prometheus_client import REGISTRY
 
     from gateway.codecs.v2 import InferRequest
