@@ -148,6 +148,9 @@ def start_gateway(tmp_path):
         gateway.stop()
 
 
+QUIET_SECONDS = 2.5
+
+
 async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
     """Every record of `topic` from the start, once `expected` have arrived (or the time is up)."""
     import asyncio
@@ -166,10 +169,16 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout: float =
             batch = await consumer.getmany(timeout_ms=500)
             for messages in batch.values():
                 records.extend(messages)
-        # Anything beyond `expected` (duplicates) must show up too: drain briefly.
-        extra = await consumer.getmany(timeout_ms=1000)
-        for messages in extra.values():
-            records.extend(messages)
+        # Anything beyond `expected` must show up too (duplicates; the rest when `expected` is a
+        # lower bound): read until the topic has been quiet for longer than the event log holds
+        # events back (the shipper's read pause + twice kafka.linger_ms: ~1.1 s by default).
+        quiet_until = loop.time() + QUIET_SECONDS
+        while loop.time() < min(quiet_until, deadline + QUIET_SECONDS):
+            extra = await consumer.getmany(timeout_ms=500)
+            if extra:
+                quiet_until = loop.time() + QUIET_SECONDS
+            for messages in extra.values():
+                records.extend(messages)
     finally:
         await consumer.stop()
     return [(m.key, orjson.loads(m.value), m) for m in records]
