@@ -25,7 +25,7 @@ class InferRequest:
     rows: int
     parameters: dict[str, Any] = field(default_factory=dict)
     requested_outputs: list[str] | None = None
-    logged_inputs: Any = None  # the inputs as the event log serialises them: once per request, shared by its records
+    logged_inputs: orjson.Fragment | None = None  # the inputs as the event log serialises them: once per request
 
 
 def _shape_ok(shape: list[int], declared: tuple[int, ...]) -> bool:

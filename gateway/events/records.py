@@ -21,6 +21,7 @@ import orjson
 
 from gateway.codecs.v2 import InferRequest, tensor
 from gateway.events.spool import WireRecord
+from scorers.protocol import MAX_FRAME
 
 SCHEMA_VERSION = 1
 CE_TYPE = "dev.scoring-gateway.scoring.v1"
@@ -55,17 +56,6 @@ def _iso_utc(ts: float) -> str:
     return f"{_SECOND[1]}.{int((ts - second) * 1000):03d}Z"
 
 
-_KINDS: dict[str, tuple[str, str]] = {}  # "inputs/x" -> ("inputs", "x"): split once per array name
-
-
-def _kind(key: str) -> tuple[str, str]:
-    split = _KINDS.get(key)
-    if split is None:
-        kind, _, name = key.partition("/")
-        split = _KINDS[key] = (kind, name)
-    return split
-
-
 def tensors(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     return [tensor(name, array) for name, array in arrays.items()]
 
@@ -78,11 +68,11 @@ def logged_inputs(arrays: Mapping[str, np.ndarray]) -> orjson.Fragment:
 def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """`event_record` from arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`: for
     code that holds a model's arrays (tests, benchmarks); the gateway calls `event_from`."""
-    inputs, outputs, action = {}, {}, {}
+    by_kind: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}, "action": {}}
     for key, array in arrays.items():
-        kind, name = _kind(key)
-        {"inputs": inputs, "outputs": outputs, "action": action}[kind][name] = array
-    return event_record(meta, tensors(inputs), tensors(outputs), action)
+        kind, _, name = key.partition("/")
+        by_kind[kind][name] = array
+    return event_record(meta, tensors(by_kind["inputs"]), tensors(by_kind["outputs"]), by_kind["action"])
 
 
 def event_from(meta: dict[str, Any], request: InferRequest, outputs: Mapping[str, np.ndarray],
@@ -176,7 +166,6 @@ def to_wire(record: dict[str, Any], topic: str) -> WireRecord:
 # bytes back to back, the source being (instance, model, version) as `_source_blob` packs them:
 # what `to_wire` needs, without parsing the value.
 _FRAME = struct.Struct("<5I")
-MAX_FRAME = 1 << 30
 
 
 def to_frame(record: dict[str, Any]) -> bytes:

@@ -31,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 from scorers.protocol import HEADER, encode
 
 from .records import event_from, to_frame, wires_from_frames
-from .spool import WireRecord
+from .spool import DiskSpool, WireRecord
 
 if TYPE_CHECKING:
     from gateway.codecs.v2 import InferRequest
@@ -213,7 +213,6 @@ class _Inbox(asyncio.Protocol):
 
 async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
     from .logger import EventLogger
-    from .spool import DiskSpool
 
     spool = await asyncio.to_thread(DiskSpool.locked, settings["spool_dir"], settings["spool_max_bytes"],
                                     settings["spool_segment_bytes"], settings["spool_fsync"])
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     import uvloop
 
-    from . import logger, records  # noqa: F401  imported before the freeze below
+    from . import logger  # noqa: F401  imported before the freeze below
     # Every event allocates a few short-lived dicts and lists and no reference cycles, so the
     # default collector (a pass every 700 allocations, over ever more survivors) cost ~40% of
     # the shipper's CPU; collect rarely, and never rescan what start-up left behind.
