@@ -104,7 +104,7 @@ class ScoringService:
             "status": outcome.status, "error": outcome.error, "latency_ms": outcome.latency_ms,
             "instance": self.instance, "sample_rate": deployed.log_sample_rate,
             "action_version": action[0] if action else None,
-        }, request, outcome.prediction.outputs if outcome.prediction is not None else {}, action[1] if action else {})
+        }, request, outcome.prediction, action[1] if action else {})
 
     async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)

@@ -1,6 +1,6 @@
-"""The event log's fast paths give the same bytes as the plain ones: records cut from the
-gateway's frames, inputs serialised once per request, Kafka's murmur2 partitioning, lz4 batches
-at the fast level, the burst queue."""
+"""The event log's fast paths give the same bytes as the plain ones: records the shipper builds
+from the gateway's batches, Kafka's murmur2 partitioning, lz4 batches at the fast level, the
+burst queue."""
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +17,10 @@ from aiokafka.record import default_records
 from aiokafka.record.memory_records import MemoryRecords
 
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
-from gateway.events.records import (event_record, logged_inputs, scoring_event, tensors, to_frame, to_wire,
-                                    wires_from_frames)
+from gateway.codecs.v2 import InferRequest
+from gateway.events.handover import event, layout, pack, wires_from_batches
+from gateway.events.records import scoring_event, to_wire
+from gateway.parallel.pool import Prediction
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, split_frames
 
@@ -38,32 +40,47 @@ def _event(rows: int, action: bool) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def _without_id(value: bytes) -> dict:
-    record = orjson.loads(value)
-    assert len(record.pop("event_id")) == 32
-    return record
+def _without_id(wire: WireRecord) -> tuple:
+    record = orjson.loads(wire.value)
+    event_id = record.pop("event_id")
+    headers = dict(wire.headers)
+    assert len(event_id) == 32 and headers.pop("ce_id") == event_id.encode()
+    return wire.topic, wire.key, record, headers
 
 
-def test_the_shippers_records_are_the_records_the_gateway_framed():
-    records = [scoring_event(*_event(rows, action)) for rows, action in [(1, True), (7, True), (2, False)]]
-    records[2]["gateway_instance"] = "höst-2"  # non-ASCII names survive the byte lengths
-    stream = b"".join(to_frame(r) for r in records)
-    wires, used = wires_from_frames(stream + stream[:40], "scoring.events")  # a frame cut short stays unread
-    assert used == len(stream)
-    for wire, record in zip(wires, records, strict=True):
-        expected = to_wire(record, "scoring.events")
-        assert (wire.topic, wire.key, wire.value, wire.headers) == \
-            (expected.topic, expected.key, expected.value, expected.headers)
-    assert dict(wires[2].headers)["ce_source"] == "/gateway/höst-2".encode()
+def _loggable(meta: dict, arrays: dict) -> tuple:
+    """What the gateway's loop logs for `meta` and `arrays`: (meta, request, prediction, action)."""
+    by_kind: dict[str, dict] = {"inputs": {}, "outputs": {}, "action": {}}
+    for key, array in arrays.items():
+        kind, _, name = key.partition("/")
+        by_kind[kind][name] = array
+    request = InferRequest(meta["request_id"], by_kind["inputs"], 1)
+    prediction = Prediction(by_kind["outputs"], 1.0, 1, layout(by_kind["outputs"])) if by_kind["outputs"] else None
+    return meta, request, prediction, by_kind["action"]
 
 
-def test_inputs_serialised_once_give_the_same_record():
+def _handed_over(meta: dict, arrays: dict) -> tuple:
+    return event(*_loggable(meta, arrays))
+
+
+def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
+    cases = [_event(rows, action) for rows, action in [(1, True), (7, True), (2, False)]]
+    cases[2][0]["instance"] = "höst-2"  # non-ASCII names survive
     meta, arrays = _event(3, True)
-    plain = scoring_event(meta, arrays)
-    inputs = {k.split("/")[1]: a for k, a in arrays.items() if k.startswith("inputs/")}
-    outputs = {k.split("/")[1]: a for k, a in arrays.items() if k.startswith("outputs/")}
-    shared = event_record(meta, logged_inputs(inputs), tensors(outputs), {"probabilities": arrays["action/probabilities"]})
-    assert _without_id(to_wire(shared, "t").value) == _without_id(to_wire(plain, "t").value)
+    arrays["outputs/probabilities"] = np.asfortranarray(arrays["outputs/probabilities"])  # not C-contiguous
+    arrays["outputs/embedding"] = np.arange(3 * 2 * 2, dtype=np.float64).reshape(3, 2, 2) / 7  # three dimensions
+    arrays["outputs/score"] = np.float32(0.25) * np.ones((), dtype=np.float32)  # none
+    cases.append((meta, arrays))
+    failed = dict(_event(1, False)[0], status="error", error="model failed")  # no outputs
+    cases.append((failed, {"inputs/input": _event(1, False)[1]["inputs/input"]}))
+
+    frame, dropped = pack([_handed_over(m, a) for m, a in cases])
+    wires, used, broken = wires_from_batches(frame + frame[:40], "scoring.events")  # a batch cut short stays unread
+    assert (dropped, used, broken) == (0, len(frame), 0)
+    assert len(wires) == len(cases)
+    for wire, (m, a) in zip(wires, cases):
+        assert _without_id(wire) == _without_id(to_wire(scoring_event(m, a), "scoring.events"))
+    assert dict(wires[2].headers)["ce_source"] == "/gateway/höst-2".encode()
 
 
 def test_split_frames_copies_unless_told_not_to():
@@ -112,9 +129,9 @@ def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
 
 
 def _frame(i: int) -> bytes:
-    """Event frames of varying size, the request id numbering them."""
+    """Batches of one event, of varying size, the request id numbering them."""
     meta, arrays = _event(i % 7 + 1, i % 2 == 0)
-    return to_frame(scoring_event({**meta, "request_id": str(i)}, arrays))
+    return pack([_handed_over({**meta, "request_id": str(i)}, arrays)])[0]
 
 
 def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
@@ -168,10 +185,9 @@ def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
     assert after == [[0]]
 
 
-def test_a_flush_frames_every_event_and_drops_only_one_that_cannot_be_serialised():
+def test_a_flush_hands_over_every_event_and_drops_only_one_that_cannot_be_serialised():
     from prometheus_client import REGISTRY
 
-    from gateway.codecs.v2 import InferRequest
     from gateway.events.shipper import EventShipper
 
     async def scenario() -> tuple[list, int, bool]:
@@ -181,18 +197,15 @@ def test_a_flush_frames_every_event_and_drops_only_one_that_cannot_be_serialised
         try:
             _, shipper._writer = await asyncio.open_unix_connection(sock=ours)
             meta, arrays = _event(2, True)
-            request = InferRequest("r", {"input": arrays["inputs/input"], "flag": arrays["inputs/flag"]}, 2)
-            outputs = {"label": arrays["outputs/label"], "probabilities": arrays["outputs/probabilities"]}
-            action = {"probabilities": arrays["action/probabilities"]}
             for i, error in enumerate([None, object(), None]):  # the second cannot be JSON
-                shipper.log({**meta, "request_id": str(i), "error": error}, request, outputs, action)
+                shipper.log(*_loggable({**meta, "request_id": str(i), "error": error}, arrays))
             shipper._flush()
             await shipper._writer.drain()
             shipper._writer.close()
             data = b""
             while chunk := await asyncio.wait_for(asyncio.get_running_loop().sock_recv(theirs, 1 << 20), 10):
                 data += chunk
-            wires, used = wires_from_frames(data, "scoring.events")
+            wires, used, _ = wires_from_batches(data, "scoring.events")
             return wires, shipper.lost, used == len(data)
         finally:
             REGISTRY.unregister(shipper)
@@ -201,4 +214,4 @@ def test_a_flush_frames_every_event_and_drops_only_one_that_cannot_be_serialised
     wires, lost, whole = asyncio.run(scenario())
     assert [w.key for w in wires] == [b"0", b"2"] and lost == 1 and whole
     expected = scoring_event({**_event(2, True)[0], "request_id": "2"}, _event(2, True)[1])
-    assert _without_id(wires[1].value) == _without_id(to_wire(expected, "t").value)  # inputs serialised once, shared
+    assert _without_id(wires[1]) == _without_id(to_wire(expected, "scoring.events"))

@@ -42,7 +42,12 @@ _BY_DTYPE_STR = {dtype.str: name for dtype, name in NUMPY_TO_V2.items()}  # a st
 
 
 def v2_datatype(dtype: np.dtype) -> str:
-    name = _BY_DTYPE_STR.get(dtype.str)
+    return v2_datatype_of(dtype.str)
+
+
+def v2_datatype_of(dtype_str: str) -> str:
+    """The V2 name of a numpy dtype given as its `.str` (e.g. '<f4'), as frames carry it."""
+    name = _BY_DTYPE_STR.get(dtype_str)
     if name is None:
-        raise ValueError(f"no Open Inference Protocol datatype for numpy dtype {dtype}")
+        raise ValueError(f"no Open Inference Protocol datatype for numpy dtype {dtype_str}")
     return name

@@ -25,7 +25,8 @@ class InferRequest:
     rows: int
     parameters: dict[str, Any] = field(default_factory=dict)
     requested_outputs: list[str] | None = None
-    logged_inputs: orjson.Fragment | None = None  # the inputs as the event log serialises them: once per request
+    # (name, numpy dtype, shape) of each input, as the event log hands them over: once per request
+    input_layout: list[tuple[str, str, tuple[int, ...]]] | None = None
 
 
 def _shape_ok(shape: list[int], declared: tuple[int, ...]) -> bool:

@@ -1,12 +1,12 @@
 """The event shipper: a process of its own that turns what the gateway scored into Kafka records.
 
-Producing to Kafka (batches, partitions, confirmations, spool) costs more Python than the
-scoring it logs, so the gateway's request loop only builds and serialises the records (one
-orjson call each, every 2 ms for the events since the last flush) and writes them, framed with
-the few fields their Kafka headers need (records.to_frame), to the shipper's socket. The
-shipper cuts the frames into Kafka records and runs the EventLogger: queue, Kafka producer,
-disk spool and replay. Its metrics come back to the gateway once a second (scorers.protocol
-frames) and are re-exported on the gateway's /metrics.
+Building records and producing them to Kafka (batches, partitions, confirmations, spool) costs
+more Python than the scoring they log, and the gateway's request loop is the process that
+saturates first; so the loop only keeps references to each event's arrays and, every 2 ms,
+serialises the batch with one orjson call to the shipper's socket (gateway.events.handover).
+The shipper builds the records and runs the EventLogger: queue, Kafka producer, disk spool and
+replay. Its metrics come back to the gateway once a second (scorers.protocol frames) and are
+re-exported on the gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
@@ -30,11 +30,12 @@ from prometheus_client.metrics_core import Metric
 
 from scorers.protocol import HEADER, encode
 
-from .records import event_from, to_frame, wires_from_frames
+from .handover import event, pack, wires_from_batches
 from .spool import DiskSpool, WireRecord
 
 if TYPE_CHECKING:
     from gateway.codecs.v2 import InferRequest
+    from gateway.parallel.pool import Prediction
 
 log = logging.getLogger("gateway.events")
 METRICS_INTERVAL = 1.0
@@ -60,7 +61,7 @@ class EventShipper:
         self.max_buffer_bytes = max_buffer_bytes
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._outbox: list[bytes] = []
+        self._outbox: list[tuple] = []
         self._reader: asyncio.Task | None = None
         self._stopping = False
         self.lost = 0  # events that could not be handed over (shipper gone, buffer full)
@@ -94,14 +95,13 @@ class EventShipper:
         reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         self._reader = asyncio.create_task(self._read(reader))
 
-    def log(self, meta: dict[str, Any], request: InferRequest, outputs: Mapping[str, np.ndarray],
+    def log(self, meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
             action: Mapping[str, np.ndarray]) -> None:
-        """Takes what one scoring event record needs (records.event_from); the records are built
-        and serialised at the next flush, a batch at a time: off the response path, and with the
-        same code running back to back, which costs the request loop less than one at a time."""
+        """Keeps references to what the event's record needs (handover.event); the batch is
+        serialised at the next flush, off the response path, in one call."""
         if not self._outbox:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
-        self._outbox.append((meta, request, outputs, action))
+        self._outbox.append(event(meta, request, prediction, action))
 
     def _flush(self) -> None:
         pending, self._outbox = self._outbox, []
@@ -111,14 +111,9 @@ class EventShipper:
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
             self.lost += len(pending)  # the shipper is gone or not reading: never block, never grow without bound
             return
-        frames = []
-        for event in pending:
-            try:
-                frames.append(to_frame(event_from(*event)))
-            except Exception:  # one event that cannot be serialised must not take the others with it
-                self.lost += 1
-                log.exception("scoring event not serialisable; dropped and counted as unshipped")
-        writer.write(b"".join(frames))
+        frame, dropped = pack(pending)
+        self.lost += dropped
+        writer.write(frame)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -163,7 +158,7 @@ def _metrics_snapshot() -> list[dict[str, Any]]:
 
 
 class _Inbox(asyncio.Protocol):
-    """The shipper's end of the socket: hands the Kafka records of complete frames to `on_wires`
+    """The shipper's end of the socket: hands the Kafka records of complete batches to `on_wires`
     in bursts, at most one burst per READ_PAUSE (reading is paused in between), and the rest at
     end of stream."""
 
@@ -194,8 +189,12 @@ class _Inbox(asyncio.Protocol):
     def _deliver(self) -> None:
         data = b"".join([self._pending, *self._chunks])
         self._chunks.clear()
-        wires, used = wires_from_frames(data, self.topic)
+        wires, used, broken = wires_from_batches(data, self.topic)
         self._pending = data[used:]
+        if broken:
+            from .metrics import EVENTS  # here, not at the top: the gateway imports this module and re-exports these metrics
+
+            EVENTS.labels(self.topic, "dropped").inc(broken)
         if wires:
             self.on_wires(wires)
 

@@ -37,6 +37,7 @@ class Prediction:
     outputs: dict[str, np.ndarray]
     compute_ms: float
     batch: int
+    layout: list  # (name, numpy dtype, shape) of each output, as the worker's answer frame gave them
 
 
 class _Worker:
@@ -197,7 +198,8 @@ class WorkerPool:
             worker.pending.pop(seq, None)
         if not meta.get("ok"):
             raise ScoringError(meta.get("error", "unknown error"))
-        return Prediction(decode_arrays(meta, body), meta.get("compute_ms", 0.0), meta.get("batch", 1))
+        return Prediction(decode_arrays(meta, body), meta.get("compute_ms", 0.0), meta.get("batch", 1),
+                          meta.get("arrays", []))
 
     async def stop(self) -> None:
         self._stopping = True

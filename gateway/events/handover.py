@@ -1,0 +1,131 @@
+"""How scoring events cross from the gateway to the event shipper: a batch at a time, one orjson
+call on the gateway's side, the records built on the shipper's side.
+
+The gateway's request loop is the process that saturates first, so it does as little per event
+as it can: it keeps the event's scalars (a dict) with the arrays it already holds (the request's
+inputs, the model's outputs, the served action) and their layouts (name, numpy dtype, shape:
+the worker's answer frame carries its outputs', the inputs' is taken once per request), and at
+each 2 ms flush serialises the whole batch in one call, arrays as nested lists (`pack`). The
+shipper, on the other core, reads a batch back and builds each Kafka record from it
+(`wires_from_batches`), byte for byte the record the gateway would have built from its arrays:
+orjson writes a number read from its own output back as the same text (pinned by a test).
+
+A frame on the socket is a little-endian u32 length, then the JSON list of events."""
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import orjson
+
+from gateway.codecs.datatypes import v2_datatype_of
+from gateway.events.records import event_record, to_wire
+from gateway.events.spool import WireRecord
+from scorers.protocol import MAX_FRAME
+
+if TYPE_CHECKING:
+    from gateway.codecs.v2 import InferRequest
+    from gateway.parallel.pool import Prediction
+
+log = logging.getLogger("gateway.events")
+Layout = list[tuple[str, str, Any]]  # (name, numpy dtype .str, shape) per array, in order
+# meta (records.event_record's), input layout, inputs, output layout, outputs, action
+Event = tuple[dict[str, Any], Layout, Mapping[str, np.ndarray], Layout, Mapping[str, np.ndarray],
+              Mapping[str, np.ndarray]]
+LENGTH = struct.Struct("<I")
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def layout(arrays: Mapping[str, np.ndarray]) -> Layout:
+    return [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
+
+
+def event(meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
+          action: Mapping[str, np.ndarray]) -> Event:
+    """What the gateway keeps of one model's answer until the next flush: references only."""
+    if request.input_layout is None:
+        request.input_layout = layout(request.inputs)
+    if prediction is None:
+        return meta, request.input_layout, request.inputs, [], {}, action
+    return meta, request.input_layout, request.inputs, prediction.layout, prediction.outputs, action
+
+
+def _contiguous(value: Any) -> Any:
+    """orjson hands over the arrays it cannot write as they are: a C-contiguous copy it can
+    (numbers written as ndarray.ravel() would give them, float32 as float32)."""
+    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def pack(events: list[Event]) -> tuple[bytes, int]:
+    """One frame holding `events`, and how many of them were left out because they cannot be
+    serialised (logged): one bad event must not take the rest of its batch with it."""
+    try:
+        body = orjson.dumps(events, option=_NUMPY, default=_contiguous)
+        dropped = 0
+    except TypeError:
+        parts = []
+        for one in events:
+            try:
+                parts.append(orjson.dumps(one, option=_NUMPY, default=_contiguous))
+            except TypeError:
+                log.exception("scoring event not serialisable; dropped and counted as unshipped")
+        body = b"[" + b",".join(parts) + b"]"
+        dropped = len(events) - len(parts)
+    return LENGTH.pack(len(body)) + body, dropped
+
+
+def _flat(values: Any, ndim: int) -> list:
+    """An array written as nested lists, as its flat data list (row-major, like ndarray.ravel)."""
+    if ndim == 1:
+        return values
+    if ndim == 0:
+        return [values]
+    for _ in range(ndim - 1):
+        values = [v for inner in values for v in inner]
+    return values
+
+
+_DATATYPES: dict[str, str] = {}
+
+
+def _tensors(arrays_layout: list, arrays: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's V2 tensors (codecs.v2.tensor) from arrays read back with their layout."""
+    tensors = []
+    for name, dtype_str, shape in arrays_layout:
+        datatype = _DATATYPES.get(dtype_str)
+        if datatype is None:
+            datatype = _DATATYPES[dtype_str] = v2_datatype_of(dtype_str)
+        tensors.append({"name": name, "datatype": datatype, "shape": shape, "data": _flat(arrays[name], len(shape))})
+    return tensors
+
+
+def record_of(event: list) -> dict[str, Any]:
+    """The scoring event record of one event read back from a batch."""
+    meta, input_layout, inputs, output_layout, outputs, action = event
+    return event_record(meta, _tensors(input_layout, inputs), _tensors(output_layout, outputs), action)
+
+
+def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, int]:
+    """The Kafka records of the complete frames at the front of `data`, how many bytes those
+    frames used, and how many events in them could not be made into records (logged)."""
+    wires: list[WireRecord] = []
+    pos, size, broken = 0, len(data), 0
+    while size - pos >= LENGTH.size:
+        (length,) = LENGTH.unpack_from(data, pos)
+        if length > MAX_FRAME:
+            raise ValueError(f"event batch of {length} bytes exceeds the {MAX_FRAME} limit: the stream is corrupt")
+        end = pos + LENGTH.size + length
+        if end > size:
+            break
+        for one in orjson.loads(memoryview(data)[pos + LENGTH.size : end]):
+            try:
+                wires.append(to_wire(record_of(one), topic))
+            except Exception:  # a gateway bug, not a reason to lose the rest of the batch
+                broken += 1
+                log.exception("scoring event could not be made into a record; dropped")
+        pos = end
+    return wires, pos, broken
