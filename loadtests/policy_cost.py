@@ -1,7 +1,7 @@
 """What routing and logging add to each request in the gateway's loop: `plan()` of every policy,
 remembering the prediction for the feedback join, and handing the two scoring events of a
-shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta dicts, the
-references kept, the batch serialised, 100 requests a batch); and what the shipper then spends
+shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta dicts, each
+event serialised, 100 requests a frame; with hot caches, so a floor); and what the shipper then spends
 building their Kafka records. Timed in process (`python -m loadtests.policy_cost`), microseconds
 per call."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from gateway.codecs.v2 import InferRequest
 from gateway.config import ROUTE
-from gateway.events.handover import event, layout, pack, wires_from_batches
+from gateway.events.handover import frame, layout, serialised, wires_from_batches
 from gateway.events.records import new_id
 from gateway.experiments.tracker import ExperimentTracker
 from gateway.feedback.hub import FeedbackHub
@@ -58,14 +58,14 @@ def main(calls: int = 100_000) -> None:
                         "role": role, "route": "shadow", "arm": version, "reason": plan.reason,
                         "served": role == "champion", "status": "ok", "error": None, "latency_ms": 1.234,
                         "instance": "bench", "sample_rate": 1.0, "action_version": "1"}
-                pending.append(event(meta, request, predictions[version], action))
-        return pack(pending)[0]
+                pending.append(serialised(meta, request, predictions[version], action))
+        return frame(pending)
 
     rounds = calls // batch
     gateway_us = timeit.timeit(log_shadowed_requests, number=rounds) / (rounds * batch) * 1e6
     print(f"log a shadowed request (2 events), gateway loop: {gateway_us:.2f} us")
-    frame = log_shadowed_requests()
-    shipper_us = timeit.timeit(lambda: wires_from_batches(frame, "scoring.events"), number=rounds) / (rounds * batch) * 1e6
+    handed_over = log_shadowed_requests()
+    shipper_us = timeit.timeit(lambda: wires_from_batches(handed_over, "scoring.events"), number=rounds) / (rounds * batch) * 1e6
     print(f"build its 2 Kafka records, event shipper: {shipper_us:.2f} us")
 
 

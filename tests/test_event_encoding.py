@@ -18,7 +18,7 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
 from gateway.codecs.v2 import InferRequest
-from gateway.events.handover import event, layout, pack, wires_from_batches
+from gateway.events.handover import frame, layout, serialised, wires_from_batches
 from gateway.events.records import scoring_event, to_wire
 from gateway.parallel.pool import Prediction
 from gateway.events.spool import DiskSpool, WireRecord
@@ -59,8 +59,8 @@ def _loggable(meta: dict, arrays: dict) -> tuple:
     return meta, request, prediction, by_kind["action"]
 
 
-def _handed_over(meta: dict, arrays: dict) -> tuple:
-    return event(*_loggable(meta, arrays))
+def _handed_over(meta: dict, arrays: dict) -> bytes:
+    return serialised(*_loggable(meta, arrays))
 
 
 def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
@@ -74,9 +74,9 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     failed = dict(_event(1, False)[0], status="error", error="model failed")  # no outputs
     cases.append((failed, {"inputs/input": _event(1, False)[1]["inputs/input"]}))
 
-    frame, dropped = pack([_handed_over(m, a) for m, a in cases])
-    wires, used, broken = wires_from_batches(frame + frame[:40], "scoring.events")  # a batch cut short stays unread
-    assert (dropped, used, broken) == (0, len(frame), 0)
+    data = frame([_handed_over(m, a) for m, a in cases])
+    wires, used, broken = wires_from_batches(data + data[:40], "scoring.events")  # a batch cut short stays unread
+    assert (used, broken) == (len(data), 0)
     assert len(wires) == len(cases)
     for wire, (m, a) in zip(wires, cases):
         assert _without_id(wire) == _without_id(to_wire(scoring_event(m, a), "scoring.events"))
@@ -131,7 +131,7 @@ def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
 def _frame(i: int) -> bytes:
     """Batches of one event, of varying size, the request id numbering them."""
     meta, arrays = _event(i % 7 + 1, i % 2 == 0)
-    return pack([_handed_over({**meta, "request_id": str(i)}, arrays)])[0]
+    return frame([_handed_over({**meta, "request_id": str(i)}, arrays)])
 
 
 def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
@@ -185,7 +185,7 @@ def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
     assert after == [[0]]
 
 
-def test_a_flush_hands_over_every_event_and_drops_only_one_that_cannot_be_serialised():
+def test_the_shipper_gets_every_event_but_one_that_cannot_be_serialised_which_is_counted():
     from prometheus_client import REGISTRY
 
     from gateway.events.shipper import EventShipper

@@ -4,9 +4,9 @@ call on the gateway's side, the records built on the shipper's side.
 The gateway's request loop is the process that saturates first, so it does as little per event
 as it can: it keeps the event's scalars (a dict) with the arrays it already holds (the request's
 inputs, the model's outputs, the served action) and their layouts (name, numpy dtype, shape:
-the worker's answer frame carries its outputs', the inputs' is taken once per request), and at
-each 2 ms flush serialises the whole batch in one call, arrays as nested lists (`pack`). The
-shipper, on the other core, reads a batch back and builds each Kafka record from it
+the worker's answer frame carries its outputs', the inputs' is taken once per request),
+serialised by one orjson call, arrays as nested lists (`serialised`); every 2 ms the events
+since the last flush go to the shipper's socket in one frame (`frame`). The shipper, on the other core, reads a batch back and builds each Kafka record from it
 (`wires_from_batches`), byte for byte the record the gateway would have built from its arrays:
 orjson writes a number read from its own output back as the same text (pinned by a test).
 
@@ -25,11 +25,12 @@ from gateway.events.records import event_record, to_wire
 from gateway.events.spool import WireRecord
 from scorers.protocol import MAX_FRAME
 
+log = logging.getLogger("gateway.events")
+
 if TYPE_CHECKING:
     from gateway.codecs.v2 import InferRequest
     from gateway.parallel.pool import Prediction
 
-log = logging.getLogger("gateway.events")
 Layout = list[tuple[str, str, Any]]  # (name, numpy dtype .str, shape) per array, in order
 # meta (records.event_record's), input layout, inputs, output layout, outputs, action
 Event = tuple[dict[str, Any], Layout, Mapping[str, np.ndarray], Layout, Mapping[str, np.ndarray],
@@ -42,14 +43,18 @@ def layout(arrays: Mapping[str, np.ndarray]) -> Layout:
     return [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
 
 
-def event(meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
-          action: Mapping[str, np.ndarray]) -> Event:
-    """What the gateway keeps of one model's answer until the next flush: references only."""
+def serialised(meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
+               action: Mapping[str, np.ndarray]) -> bytes:
+    """One model's answer to `request` as the shipper reads it (an `Event`), serialised at once,
+    while its arrays are still in the CPU's caches: the same call at the next flush, when they
+    have gone cold, cost four times as much. Raises TypeError if it cannot be serialised."""
     if request.input_layout is None:
         request.input_layout = layout(request.inputs)
     if prediction is None:
-        return meta, request.input_layout, request.inputs, [], {}, action
-    return meta, request.input_layout, request.inputs, prediction.layout, prediction.outputs, action
+        event = (meta, request.input_layout, request.inputs, [], {}, action)
+    else:
+        event = (meta, request.input_layout, request.inputs, prediction.layout, prediction.outputs, action)
+    return orjson.dumps(event, option=_NUMPY, default=_contiguous)
 
 
 def _contiguous(value: Any) -> Any:
@@ -60,22 +65,10 @@ def _contiguous(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def pack(events: list[Event]) -> tuple[bytes, int]:
-    """One frame holding `events`, and how many of them were left out because they cannot be
-    serialised (logged): one bad event must not take the rest of its batch with it."""
-    try:
-        body = orjson.dumps(events, option=_NUMPY, default=_contiguous)
-        dropped = 0
-    except TypeError:
-        parts = []
-        for one in events:
-            try:
-                parts.append(orjson.dumps(one, option=_NUMPY, default=_contiguous))
-            except TypeError:
-                log.exception("scoring event not serialisable; dropped and counted as unshipped")
-        body = b"[" + b",".join(parts) + b"]"
-        dropped = len(events) - len(parts)
-    return LENGTH.pack(len(body)) + body, dropped
+def frame(events: list[bytes]) -> bytes:
+    """One frame of `serialised` events: the length, then the JSON list of them."""
+    body = b"[" + b",".join(events) + b"]"
+    return LENGTH.pack(len(body)) + body
 
 
 def _flat(values: Any, ndim: int) -> list:

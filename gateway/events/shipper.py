@@ -2,8 +2,9 @@
 
 Building records and producing them to Kafka (batches, partitions, confirmations, spool) costs
 more Python than the scoring they log, and the gateway's request loop is the process that
-saturates first; so the loop only keeps references to each event's arrays and, every 2 ms,
-serialises the batch with one orjson call to the shipper's socket (gateway.events.handover).
+saturates first; so the loop only serialises each event's scalars and arrays with one orjson
+call, and every 2 ms writes those since the last flush to the shipper's socket
+(gateway.events.handover).
 The shipper builds the records and runs the EventLogger: queue, Kafka producer, disk spool and
 replay. Its metrics come back to the gateway once a second (scorers.protocol frames) and are
 re-exported on the gateway's /metrics.
@@ -30,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 
 from scorers.protocol import HEADER, encode
 
-from .handover import event, pack, wires_from_batches
+from .handover import frame, serialised, wires_from_batches
 from .spool import DiskSpool, WireRecord
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class EventShipper:
         self.max_buffer_bytes = max_buffer_bytes
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._outbox: list[tuple] = []
+        self._outbox: list[bytes] = []
         self._reader: asyncio.Task | None = None
         self._stopping = False
         self.lost = 0  # events that could not be handed over (shipper gone, buffer full)
@@ -97,11 +98,17 @@ class EventShipper:
 
     def log(self, meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
             action: Mapping[str, np.ndarray]) -> None:
-        """Keeps references to what the event's record needs (handover.event); the batch is
-        serialised at the next flush, off the response path, in one call."""
+        """Serialises what the event's record needs (handover.serialised); the events since the
+        last flush reach the shipper together, every 2 ms."""
+        try:
+            event = serialised(meta, request, prediction, action)
+        except TypeError:  # one event that cannot be serialised must not take others with it
+            self.lost += 1
+            log.exception("scoring event not serialisable; dropped and counted as unshipped")
+            return
         if not self._outbox:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
-        self._outbox.append(event(meta, request, prediction, action))
+        self._outbox.append(event)
 
     def _flush(self) -> None:
         pending, self._outbox = self._outbox, []
@@ -111,9 +118,7 @@ class EventShipper:
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
             self.lost += len(pending)  # the shipper is gone or not reading: never block, never grow without bound
             return
-        frame, dropped = pack(pending)
-        self.lost += dropped
-        writer.write(frame)
+        writer.write(frame(pending))
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
