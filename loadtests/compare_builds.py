@@ -2,7 +2,8 @@
 CPU per request by process in an open loop, then closed-loop throughput. On a VM whose speed
 drifts from minute to minute, only builds measured turn about (ABBA...) compare fairly.
 
-Each revision is checked out in a temporary git worktree and run through PYTHONPATH; `HEAD` with
+Each revision is checked out in a temporary git worktree and run from there (working directory
+and PYTHONPATH, so the shipper and workers run it too); `HEAD` with
 uncommitted changes is not what runs, so commit first (or name `.` for this checkout as it is).
 
     deploy/with-kafka.sh .venv/bin/python -m loadtests.compare_builds before=HEAD~1 after=. --repeats 3
@@ -11,11 +12,11 @@ uncommitted changes is not what runs, so commit first (or name `.` for this chec
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from loadtests import host, servers
@@ -38,20 +39,6 @@ def _worktree(revision: str) -> Iterator[str]:
         subprocess.run(["git", "-C", str(servers.ROOT), "worktree", "remove", "--force", path], check=False)
 
 
-@contextmanager
-def _source(path: str) -> Iterator[None]:
-    """The gateway (and its shipper and workers) started inside this block import from `path`."""
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = path
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtests.compare_builds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.repeats):
             for name in (list(trees) if k % 2 == 0 else list(reversed(trees))):
                 host.wait_for_quiet(max_wait_s=5)
-                with _source(trees[name]), tempfile.TemporaryDirectory() as spool, \
-                        _gateway(None if name == OFF else bootstrap, spool, {}) as server:
+                with tempfile.TemporaryDirectory() as spool, \
+                        _gateway(None if name == OFF else bootstrap, spool, {}, Path(trees[name])) as server:
                     cpu = cpu_per_request(server, kafka_pid, args.rate, args.cpu_duration, 2.0)
                     closed = closed_loop(server, kafka_pid, 32, args.closed_duration, 2.0)
                 print(f"round {k + 1} {name}: open loop {args.rate:.0f}/s {cpu['us_per_request']} us/request | "

@@ -37,8 +37,9 @@ class Server:
     """A child process serving HTTP on 127.0.0.1:`port`; a context manager that always stops it."""
 
     def __init__(self, name: str, argv: list[str], port: int, ready_path: str, description: dict[str, Any],
-                 temporary: tuple[str, ...] = ()):
+                 temporary: tuple[str, ...] = (), source: Path = ROOT):
         self.name, self.argv, self.port, self.ready_path = name, argv, port, ready_path
+        self.source = source  # the code it runs: its working directory and PYTHONPATH
         self.description = description
         self.process: subprocess.Popen | None = None
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
@@ -63,7 +64,9 @@ class Server:
             conn.close()
 
     def start(self, timeout: float = 120.0) -> "Server":
-        self.process = subprocess.Popen(self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.log,
+        # Both: `python -m` (the gateway's shipper and workers) puts the working directory first.
+        env = os.environ if self.source == ROOT else dict(os.environ, PYTHONPATH=str(self.source))
+        self.process = subprocess.Popen(self.argv, cwd=self.source, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -130,7 +133,8 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
 
 
 def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False,
-            kafka_settings: dict[str, Any] | None = None) -> Server:
+            kafka_settings: dict[str, Any] | None = None, source: Path = ROOT) -> Server:
+    """The demo gateway; `source` is the source tree it runs (a git worktree, to compare builds)."""
     port = free_port()
     config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow, kafka_settings=kafka_settings)
     handle = tempfile.NamedTemporaryFile("w", prefix="gateway-bench-", suffix=".yaml", delete=False)
@@ -140,7 +144,7 @@ def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False,
     what = ("gateway, Kafka event logging" if kafka_bootstrap else "gateway, no event logging") + \
         (", shadow challenger(s) as in config/demo.yaml" if shadow else ", champion only (challengers removed)")
     return Server("gateway", argv, port, "/v2/health/ready", {"server": "gateway", "what": what, "config": config},
-                  temporary=(handle.name,))
+                  temporary=(handle.name,), source=source)
 
 
 @contextmanager
