@@ -97,11 +97,14 @@ class ScoringService:
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
         if self.events is None or not sampled(request_id, deployed.log_sample_rate):
             return
-        self.events.log((  # gateway.events.handover.META's order
-            time.time(), request_id, deployed.name, version, role, plan.policy, version, reason,
-            version == plan.serve and role != "challenger", outcome.status, outcome.error, outcome.latency_ms,
-            self.instance, deployed.log_sample_rate, action[0] if action else None,
-        ), request, outcome.prediction, action[1] if action else {})
+        self.events.log({
+            "ts": time.time(), "request_id": request_id, "model_name": deployed.name, "model_version": version,
+            "role": role, "route": plan.policy, "arm": version, "reason": reason,
+            "served": version == plan.serve and role != "challenger",
+            "status": outcome.status, "error": outcome.error, "latency_ms": outcome.latency_ms,
+            "instance": self.instance, "sample_rate": deployed.log_sample_rate,
+            "action_version": action[0] if action else None,
+        }, request, outcome.prediction, action[1] if action else {})
 
     async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)

@@ -1,6 +1,6 @@
 """What routing and logging add to each request in the gateway's loop: `plan()` of every policy,
 remembering the prediction for the feedback join, and handing the two scoring events of a
-shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta tuples, each
+shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta dicts, each
 event serialised, 100 requests a frame; with hot caches, so a floor); and what the shipper then spends
 building their Kafka records. Timed in process (`python -m loadtests.policy_cost`), microseconds
 per call."""
@@ -54,8 +54,10 @@ def main(calls: int = 100_000) -> None:
         for _ in range(batch):
             request = InferRequest(new_id(), {"input": row}, 1)  # a new request: its input layout taken once
             for version, role in (("1", "champion"), ("2", "challenger")):
-                meta = (time.time(), request.id, "wine", version, role, "shadow", version, plan.reason,
-                        role == "champion", "ok", None, 1.234, "bench", 1.0, "1")  # handover.META's order
+                meta = {"ts": time.time(), "request_id": request.id, "model_name": "wine", "model_version": version,
+                        "role": role, "route": "shadow", "arm": version, "reason": plan.reason,
+                        "served": role == "champion", "status": "ok", "error": None, "latency_ms": 1.234,
+                        "instance": "bench", "sample_rate": 1.0, "action_version": "1"}
                 pending.append(serialised(meta, request, predictions[version], action))
         return frame(pending)
 

@@ -18,7 +18,7 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
 from gateway.codecs.v2 import InferRequest
-from gateway.events.handover import META, frame, layout, serialised, wires_from_batches
+from gateway.events.handover import frame, layout, serialised, wires_from_batches
 from gateway.events.records import scoring_event, to_wire
 from gateway.parallel.pool import Prediction
 from gateway.events.spool import DiskSpool, WireRecord
@@ -55,12 +55,8 @@ def _loggable(meta: dict, arrays: dict) -> tuple:
         kind, _, name = key.partition("/")
         by_kind[kind][name] = array
     request = InferRequest(meta["request_id"], by_kind["inputs"], 1)
-    outputs = by_kind["outputs"]
-    prediction = Prediction(outputs, 1.0, 1, layout(outputs)) if outputs else None
-    action = by_kind["action"]
-    if meta["served"] and outputs and action:  # the served answer: its action is its own first output
-        action = {name: outputs[name] for name in action}
-    return tuple(meta[key] for key in META), request, prediction, action
+    prediction = Prediction(by_kind["outputs"], 1.0, 1, layout(by_kind["outputs"])) if by_kind["outputs"] else None
+    return meta, request, prediction, by_kind["action"]
 
 
 def _handed_over(meta: dict, arrays: dict) -> bytes:
@@ -69,7 +65,6 @@ def _handed_over(meta: dict, arrays: dict) -> bytes:
 
 def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     cases = [_event(rows, action) for rows, action in [(1, True), (7, True), (2, False)]]
-    cases[1][0].update(role="champion", served=True, model_version="1")  # its action: its own output
     cases[2][0]["instance"] = "höst-2"  # non-ASCII names survive
     meta, arrays = _event(3, True)
     arrays["outputs/probabilities"] = np.asfortranarray(arrays["outputs/probabilities"])  # not C-contiguous

@@ -1,15 +1,14 @@
-"""How scoring events cross from the gateway to the event shipper: the gateway's request loop
-serialises what each record needs, the shipper, on the other core, builds the records.
+"""How scoring events cross from the gateway to the event shipper: a batch at a time, one orjson
+call on the gateway's side, the records built on the shipper's side.
 
-The request loop is the process that saturates first, so it does as little per event as it can:
-one orjson call, made at once while the data is still in the CPU's caches (`serialised`), over
-the event's scalars (a tuple, in META's order), the arrays the loop already holds (the request's
-inputs, the model's outputs, the served action) as nested lists, and their layouts (name, numpy
-dtype, shape: the worker's answer frame carries the outputs', the inputs' is taken once per
-request). Every 2 ms the events since the last flush go to the shipper's socket in one frame
-(`frame`). The shipper builds each Kafka record from them (`wires_from_batches`): byte for byte
-the record of the gateway's own arrays, as orjson writes a number read from its own output back
-as the same text (pinned by a test).
+The gateway's request loop is the process that saturates first, so it does as little per event
+as it can: it keeps the event's scalars (a dict) with the arrays it already holds (the request's
+inputs, the model's outputs, the served action) and their layouts (name, numpy dtype, shape:
+the worker's answer frame carries its outputs', the inputs' is taken once per request),
+serialised by one orjson call, arrays as nested lists (`serialised`); every 2 ms the events
+since the last flush go to the shipper's socket in one frame (`frame`). The shipper, on the other core, reads a batch back and builds each Kafka record from it
+(`wires_from_batches`), byte for byte the record the gateway would have built from its arrays:
+orjson writes a number read from its own output back as the same text (pinned by a test).
 
 A frame on the socket is a little-endian u32 length, then the JSON list of events."""
 from __future__ import annotations
@@ -33,13 +32,8 @@ if TYPE_CHECKING:
     from gateway.parallel.pool import Prediction
 
 Layout = list[tuple[str, str, Any]]  # (name, numpy dtype .str, shape) per array, in order
-# The event's scalars, in this order (records.event_record reads them by these names): a tuple
-# costs the request loop less to build and to serialise than a dict.
-META = ("ts", "request_id", "model_name", "model_version", "role", "route", "arm", "reason", "served", "status",
-        "error", "latency_ms", "instance", "sample_rate", "action_version")
-# META's values, input layout, inputs, output layout, outputs, action (or the names of the
-# outputs it is, when the event is the served answer itself)
-Event = tuple[tuple, Layout, Mapping[str, np.ndarray], Layout, Mapping[str, np.ndarray],
+# meta (records.event_record's), input layout, inputs, output layout, outputs, action
+Event = tuple[dict[str, Any], Layout, Mapping[str, np.ndarray], Layout, Mapping[str, np.ndarray],
               Mapping[str, np.ndarray]]
 LENGTH = struct.Struct("<I")
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -49,22 +43,18 @@ def layout(arrays: Mapping[str, np.ndarray]) -> Layout:
     return [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
 
 
-def serialised(meta: tuple, request: InferRequest, prediction: Prediction | None,
+def serialised(meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
                action: Mapping[str, np.ndarray]) -> bytes:
-    """One model's answer to `request` as the shipper reads it (an `Event`; `meta` in META's
-    order), serialised at once, while its arrays are still in the CPU's caches: the same call at
-    the next flush, when they have gone cold, cost four times as much. Raises TypeError if it
-    cannot be serialised."""
+    """One model's answer to `request` as the shipper reads it (an `Event`), serialised at once,
+    while its arrays are still in the CPU's caches: the same call at the next flush, when they
+    have gone cold, cost four times as much. Raises TypeError if it cannot be serialised."""
     if request.input_layout is None:
         request.input_layout = layout(request.inputs)
     if prediction is None:
-        return orjson.dumps((meta, request.input_layout, request.inputs, [], {}, action), option=_NUMPY,
-                            default=_contiguous)
-    outputs = prediction.outputs
-    if action and all(outputs.get(name) is array for name, array in action.items()):
-        action = list(action)  # the served answer's own outputs: written once
-    return orjson.dumps((meta, request.input_layout, request.inputs, prediction.layout, outputs, action),
-                        option=_NUMPY, default=_contiguous)
+        event = (meta, request.input_layout, request.inputs, [], {}, action)
+    else:
+        event = (meta, request.input_layout, request.inputs, prediction.layout, prediction.outputs, action)
+    return orjson.dumps(event, option=_NUMPY, default=_contiguous)
 
 
 def _contiguous(value: Any) -> Any:
@@ -109,9 +99,7 @@ def _tensors(arrays_layout: list, arrays: dict[str, Any]) -> list[dict[str, Any]
 def record_of(event: list) -> dict[str, Any]:
     """The scoring event record of one event read back from a batch."""
     meta, input_layout, inputs, output_layout, outputs, action = event
-    if isinstance(action, list):
-        action = {name: outputs[name] for name in action}
-    return event_record(dict(zip(META, meta)), _tensors(input_layout, inputs), _tensors(output_layout, outputs), action)
+    return event_record(meta, _tensors(input_layout, inputs), _tensors(output_layout, outputs), action)
 
 
 def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, int]:

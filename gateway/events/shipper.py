@@ -96,7 +96,7 @@ class EventShipper:
         reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         self._reader = asyncio.create_task(self._read(reader))
 
-    def log(self, meta: tuple, request: InferRequest, prediction: Prediction | None,
+    def log(self, meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
             action: Mapping[str, np.ndarray]) -> None:
         """Serialises what the event's record needs (handover.serialised); the events since the
         last flush reach the shipper together, every 2 ms."""
