@@ -83,6 +83,15 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     assert dict(wires[2].headers)["ce_source"] == "/gateway/höst-2".encode()
 
 
+def test_an_event_the_shipper_cannot_build_is_dropped_alone_and_reported():
+    meta, arrays = _event(2, True)
+    good = _handed_over(meta, arrays)
+    malformed = orjson.dumps([{"ts": 1.0}, [], {}])  # not an event: a gateway bug
+    data = frame([good, malformed, good])
+    wires, used, broken = wires_from_batches(data, "scoring.events")
+    assert (len(wires), broken, used) == (2, 1, len(data))
+
+
 def test_split_frames_copies_unless_told_not_to():
     frames = encode({"seq": 1}, {"x": np.arange(3)}) + encode({"seq": 2})
     buffer = bytearray(frames + frames[:5])

@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter(
     "gateway_events_total",
-    "Events by outcome: queued, delivered, failed (then spooled), spooled, replayed, resent (possible duplicate), dropped (spool full, or too large for a Kafka record).",
+    "Events by outcome: queued, delivered, failed (then spooled), spooled, replayed, resent (possible duplicate), dropped (spool full, too large for a Kafka record, or not buildable into a record).",
     ["topic", "outcome"],
 )
 EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Events waiting to be handed to the Kafka producer.")
