@@ -1,14 +1,15 @@
-"""How scoring events cross from the gateway to the event shipper: a batch at a time, one orjson
-call on the gateway's side, the records built on the shipper's side.
+"""How scoring events cross from the gateway to the event shipper: the gateway's request loop
+serialises what each record needs, the shipper, on the other core, builds the records.
 
-The gateway's request loop is the process that saturates first, so it does as little per event
-as it can: it keeps the event's scalars (a dict) with the arrays it already holds (the request's
-inputs, the model's outputs, the served action) and their layouts (name, numpy dtype, shape:
-the worker's answer frame carries its outputs', the inputs' is taken once per request),
-serialised by one orjson call, arrays as nested lists (`serialised`); every 2 ms the events
-since the last flush go to the shipper's socket in one frame (`frame`). The shipper, on the other core, reads a batch back and builds each Kafka record from it
-(`wires_from_batches`), byte for byte the record the gateway would have built from its arrays:
-orjson writes a number read from its own output back as the same text (pinned by a test).
+The request loop is the process that saturates first, so it does as little per event as it can:
+one orjson call, made at once while the data is still in the CPU's caches (`serialised`), over
+the event's scalars (a dict), the arrays the loop already holds (the request's inputs, the
+model's outputs, the served action) as nested lists, and their layouts (name, numpy dtype,
+shape: the worker's answer frame carries the outputs', the inputs' is taken once per request).
+Every 2 ms the events since the last flush go to the shipper's socket in one frame (`frame`).
+The shipper builds each Kafka record from them (`wires_from_batches`): byte for byte the record
+of the gateway's own arrays, as orjson writes a number read from its own output back as the
+same text (pinned by a test).
 
 A frame on the socket is a little-endian u32 length, then the JSON list of events."""
 from __future__ import annotations

@@ -63,8 +63,7 @@ def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[s
     return event_record(meta, tensors(by_kind["inputs"]), tensors(by_kind["outputs"]), by_kind["action"])
 
 
-def event_record(meta: dict[str, Any], inputs: list | orjson.Fragment, outputs: list,
-                 action: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def event_record(meta: dict[str, Any], inputs: list, outputs: list, action: Mapping[str, Any]) -> dict[str, Any]:
     """The record from `meta` (scalars, `ts` in Unix seconds, `action_version`), the inputs and
     outputs as V2 tensors (`tensors`) and the served action's arrays (or nested lists)."""
     ts = meta["ts"]
