@@ -78,10 +78,10 @@ class ScoringService:
         return found
 
     async def _score(self, deployed: DeployedModel, version: str, role: str, request: InferRequest,
-                     timeout: float) -> Outcome:
+                     timeout: float, logged: bool) -> Outcome:
         started = time.perf_counter()
         try:
-            prediction = await deployed.pools[version].predict(request.inputs, timeout)
+            prediction = await deployed.pools[version].predict(request.inputs, timeout, logged)
             outcome = Outcome("ok", prediction, (time.perf_counter() - started) * 1e3)
         except asyncio.TimeoutError:
             outcome = Outcome("timeout", None, (time.perf_counter() - started) * 1e3, f"no answer within {timeout:.3f} s")
@@ -93,10 +93,12 @@ class ScoringService:
         metrics.SCORING_LATENCY.labels(deployed.name, version, role).observe(outcome.latency_ms / 1e3)
         return outcome
 
+    def _logged(self, deployed: DeployedModel, request_id: str) -> bool:
+        """Whether this request's events are logged (its champion's and shadows' alike)."""
+        return self.events is not None and sampled(request_id, deployed.log_sample_rate)
+
     def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, reason: str, request_id: str,
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
-        if self.events is None or not sampled(request_id, deployed.log_sample_rate):
-            return
         self.events.log({
             "ts": time.time(), "request_id": request_id, "model_name": deployed.name, "model_version": version,
             "role": role, "route": plan.policy, "arm": version, "reason": reason,
@@ -117,10 +119,12 @@ class ScoringService:
         plan = policy.plan(self._key(policy, request, headers)) if version is None else \
             Plan("direct", version, "direct", "direct")
         request_id = request.id or new_id()
-        outcome = await self._score(deployed, plan.serve, plan.role, request, deployed.timeout)
+        logged = self._logged(deployed, request_id)
+        outcome = await self._score(deployed, plan.serve, plan.role, request, deployed.timeout, logged)
         policy.observe(plan.serve, outcome.status == "ok", outcome.latency_ms)
         if outcome.prediction is None:
-            self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, None)
+            if logged:
+                self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, None)
             raise {"timeout": TimedOut, "error": ModelFailed, "unavailable": Unavailable}[outcome.status](
                 f"model_{outcome.status}", f"model '{name}' version '{plan.serve}': {outcome.error}",
                 request_id=request_id)
@@ -128,12 +132,13 @@ class ScoringService:
         served = deployed.versions[plan.serve]
         first = served.outputs[0].name if served.outputs else next(iter(outputs))
         action = (plan.serve, {first: outputs[first]})  # what the caller got: the served first output
-        self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, action)
+        if logged:
+            self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, action)
         if self.feedback is not None and version is None:
             self.feedback.remember(request_id, name, deployed.experiment, plan.policy, plan.serve, plan.reason,
                                    outputs[first].copy())  # a copy: a view would pin the worker's whole batch
         for call in plan.shadows:
-            self._start_shadow(deployed, call, plan, request_id, request, action)
+            self._start_shadow(deployed, call, plan, request_id, request, action, logged)
         return encode_infer_response(name, plan.serve, request_id, outputs, request.requested_outputs)
 
     @staticmethod
@@ -148,20 +153,21 @@ class ScoringService:
         return None if key is None else str(key)
 
     def _start_shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
-                      request: InferRequest, action: Action) -> None:
+                      request: InferRequest, action: Action, logged: bool) -> None:
         in_flight = deployed.shadow_in_flight.get(call.version, 0)
         if in_flight >= call.max_in_flight:
             metrics.SHADOW_SKIPPED.labels(deployed.name, call.version, "max_in_flight").inc()
             return
         deployed.shadow_in_flight[call.version] = in_flight + 1
         metrics.SHADOW_IN_FLIGHT.labels(deployed.name, call.version).inc()
-        self._shadows.spawn(self._shadow(deployed, call, plan, request_id, request, action))
+        self._shadows.spawn(self._shadow(deployed, call, plan, request_id, request, action, logged))
 
     async def _shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
-                      request: InferRequest, action: Action) -> None:
+                      request: InferRequest, action: Action, logged: bool) -> None:
         try:
-            outcome = await self._score(deployed, call.version, "challenger", request, call.timeout)
-            self._log(deployed, call.version, "challenger", plan, "shadow", request_id, request, outcome, action)
+            outcome = await self._score(deployed, call.version, "challenger", request, call.timeout, logged)
+            if logged:
+                self._log(deployed, call.version, "challenger", plan, "shadow", request_id, request, outcome, action)
             if self.feedback is not None and outcome.prediction is not None:
                 first = next(iter(action[1]))
                 prediction = outcome.prediction.outputs.get(first)

@@ -1,7 +1,8 @@
 """What routing and logging add to each request in the gateway's loop: `plan()` of every policy,
 remembering the prediction for the feedback join, and handing the two scoring events of a
 shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta dicts, each
-event serialised, 100 requests a frame; with hot caches, so a floor); and what the shipper then spends
+event serialised around the workers' scoring logs, 100 requests a frame; with hot caches, so a
+floor); and what the shipper then spends
 building their Kafka records. Timed in process (`python -m loadtests.policy_cost`), microseconds
 per call."""
 from __future__ import annotations
@@ -13,13 +14,14 @@ import numpy as np
 
 from gateway.codecs.v2 import InferRequest
 from gateway.config import ROUTE
-from gateway.events.handover import frame, layout, serialised, wires_from_batches
+from gateway.events.handover import frame, serialised, wires_from_batches
 from gateway.events.records import new_id
 from gateway.experiments.tracker import ExperimentTracker
 from gateway.feedback.hub import FeedbackHub
 from gateway.feedback.store import PredictionStore
 from gateway.parallel.pool import Prediction
 from gateway.routing import build_policy
+from scorers.protocol import scoring_log
 
 ROUTES = {
     "shadow": {"policy": "shadow", "champion": "1", "challengers": [{"version": "2"}]},
@@ -45,7 +47,8 @@ def main(calls: int = 100_000) -> None:
     row = rng.random((1, 13), dtype=np.float32)
     outputs = {v: {"label": np.array([i]), "probabilities": rng.random((1, 3), dtype=np.float32)} for i, v in
                enumerate(("1", "2"))}
-    predictions = {v: Prediction(o, 1.0, 1, layout(o)) for v, o in outputs.items()}
+    log = {v: scoring_log({"input": row}, o) for v, o in outputs.items()}  # the workers write these
+    predictions = {v: Prediction(o, 1.0, 1, log[v]) for v, o in outputs.items()}
     action = {"probabilities": outputs["1"]["probabilities"]}
     batch = 100
 

@@ -17,7 +17,9 @@ HEADER = struct.Struct("<II")
 MAX_FRAME = 1 << 30
 
 
-def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> bytes:
+def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, tail: bytes = b"") -> bytes:
+    """A frame; `tail` (bytes after the arrays, its length in meta["tail"]) carries a request's
+    scoring log (`scoring_log`) back to the gateway."""
     parts: list[bytes] = []
     if arrays:
         specs = []
@@ -26,9 +28,33 @@ def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) ->
             specs.append((name, arr.dtype.str, arr.shape))
             parts.append(arr.tobytes())
         meta = {**meta, "arrays": specs}
+    if tail:
+        meta = {**meta, "tail": len(tail)}
+        parts.append(tail)
     head = orjson.dumps(meta)
     body = b"".join(parts)
     return HEADER.pack(len(head), len(body)) + head + body
+
+
+def layout(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, numpy dtype, shape) of each array, in order."""
+    return [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
+
+
+def contiguous(value: Any) -> Any:
+    """orjson hands over the arrays it cannot write as they are: a C-contiguous copy it can
+    (numbers written as ndarray.ravel() would give them, float32 as float32)."""
+    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
+        return np.ascontiguousarray(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def scoring_log(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
+    """A request's inputs and outputs as the event log takes them: JSON of (input layout,
+    inputs, output layout, outputs), arrays as nested lists. The worker writes it, on its own
+    core, for the requests the gateway will log, so the gateway's loop does not."""
+    return orjson.dumps((layout(inputs), inputs, layout(outputs), outputs), option=orjson.OPT_SERIALIZE_NUMPY,
+                        default=contiguous)
 
 
 _DTYPES: dict[str, np.dtype] = {}

@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from .base import Scorer
-from .protocol import decode_arrays, encode, split_frames
+from .protocol import decode_arrays, encode, scoring_log, split_frames
 
 
 def load_scorer(spec: dict[str, Any]) -> Scorer:
@@ -39,20 +39,35 @@ def _signature(arrays: dict[str, np.ndarray]) -> tuple:
     return tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(arrays.items()))
 
 
-def _score_one(scorer: Scorer, seq: int, arrays: dict[str, np.ndarray]) -> bytes:
+Request = tuple[int, dict[str, np.ndarray], bool]  # seq, inputs, whether the gateway logs it
+
+
+def _answer(meta: dict[str, Any], inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], log: bool) -> bytes:
+    """The answer frame; with the request's scoring log when the gateway will log it (if that
+    cannot be written, the gateway writes it, or counts the event as unshipped)."""
+    tail = b""
+    if log:
+        try:
+            tail = scoring_log(inputs, outputs)
+        except TypeError:
+            pass
+    return encode(meta, outputs, tail)
+
+
+def _score_one(scorer: Scorer, seq: int, arrays: dict[str, np.ndarray], log: bool) -> bytes:
     started = time.perf_counter()
     try:
         outputs = scorer.predict(arrays)
     except Exception as exc:  # a model error answers this request only
         return encode({"seq": seq, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-    return encode({"seq": seq, "ok": True, "compute_ms": (time.perf_counter() - started) * 1e3}, outputs)
+    return _answer({"seq": seq, "ok": True, "compute_ms": (time.perf_counter() - started) * 1e3}, arrays, outputs, log)
 
 
-def _score_batch(scorer: Scorer, batch: list[tuple[int, dict[str, np.ndarray]]]) -> list[bytes]:
+def _score_batch(scorer: Scorer, batch: list[Request]) -> list[bytes]:
     if len(batch) == 1:
         return [_score_one(scorer, *batch[0])]
-    sizes = [next(iter(arrays.values())).shape[0] for _, arrays in batch]
-    stacked = {name: np.concatenate([arrays[name] for _, arrays in batch]) for name in batch[0][1]}
+    sizes = [next(iter(arrays.values())).shape[0] for _, arrays, _ in batch]
+    stacked = {name: np.concatenate([arrays[name] for _, arrays, _ in batch]) for name in batch[0][1]}
     started = time.perf_counter()
     try:
         outputs = scorer.predict(stacked)
@@ -61,19 +76,19 @@ def _score_batch(scorer: Scorer, batch: list[tuple[int, dict[str, np.ndarray]]])
             raise ValueError("outputs are not batch-major")
     except Exception:
         # One bad request must not fail the others stacked with it: answer each on its own.
-        return [_score_one(scorer, seq, arrays) for seq, arrays in batch]
+        return [_score_one(scorer, *request) for request in batch]
     compute_ms = (time.perf_counter() - started) * 1e3
     frames, offset = [], 0
-    for (seq, _), size in zip(batch, sizes):
+    for (seq, arrays, log), size in zip(batch, sizes):
         part = {name: value[offset : offset + size] for name, value in outputs.items()}
-        frames.append(encode({"seq": seq, "ok": True, "compute_ms": compute_ms, "batch": len(batch)}, part))
+        frames.append(_answer({"seq": seq, "ok": True, "compute_ms": compute_ms, "batch": len(batch)}, arrays, part, log))
         offset += size
     return frames
 
 
 def score_frames(scorer: Scorer, frames: list[tuple[dict, bytes]], max_batch_rows: int) -> list[bytes]:
     out: list[bytes] = []
-    batch: list[tuple[int, dict[str, np.ndarray]]] = []
+    batch: list[Request] = []
     rows = 0
     signature = None
     for meta, body in frames:
@@ -93,7 +108,7 @@ def score_frames(scorer: Scorer, frames: list[tuple[dict, bytes]], max_batch_row
         if batch and not can_stack:
             out.extend(_score_batch(scorer, batch))
             batch, rows = [], 0
-        batch.append((seq, arrays))
+        batch.append((seq, arrays, bool(meta.get("log"))))
         rows += n
         signature = sig
     if batch:

@@ -18,11 +18,12 @@ from aiokafka.record.memory_records import MemoryRecords
 
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
 from gateway.codecs.v2 import InferRequest
-from gateway.events.handover import frame, layout, serialised, wires_from_batches
+from gateway.events.handover import frame, serialised, wires_from_batches
 from gateway.events.records import scoring_event, to_wire
-from gateway.parallel.pool import Prediction
+from gateway.parallel.pool import Prediction, prediction_from
 from gateway.events.spool import DiskSpool, WireRecord
-from scorers.protocol import decode_arrays, encode, split_frames
+from scorers.protocol import decode_arrays, encode, scoring_log, split_frames
+from scorers.worker import score_frames
 
 
 def _event(rows: int, action: bool) -> tuple[dict, dict]:
@@ -48,19 +49,22 @@ def _without_id(wire: WireRecord) -> tuple:
     return wire.topic, wire.key, record, headers
 
 
-def _loggable(meta: dict, arrays: dict) -> tuple:
-    """What the gateway's loop logs for `meta` and `arrays`: (meta, request, prediction, action)."""
+def _loggable(meta: dict, arrays: dict, worker_log: bool = True) -> tuple:
+    """What the gateway's loop logs for `meta` and `arrays`: (meta, request, prediction, action);
+    the prediction with the worker's scoring log, or without one (the loop writes it)."""
     by_kind: dict[str, dict] = {"inputs": {}, "outputs": {}, "action": {}}
     for key, array in arrays.items():
         kind, _, name = key.partition("/")
         by_kind[kind][name] = array
     request = InferRequest(meta["request_id"], by_kind["inputs"], 1)
-    prediction = Prediction(by_kind["outputs"], 1.0, 1, layout(by_kind["outputs"])) if by_kind["outputs"] else None
+    outputs = by_kind["outputs"]
+    log = scoring_log(request.inputs, outputs) if worker_log else None
+    prediction = Prediction(outputs, 1.0, 1, log) if outputs else None
     return meta, request, prediction, by_kind["action"]
 
 
-def _handed_over(meta: dict, arrays: dict) -> bytes:
-    return serialised(*_loggable(meta, arrays))
+def _handed_over(meta: dict, arrays: dict, worker_log: bool = True) -> bytes:
+    return serialised(*_loggable(meta, arrays, worker_log))
 
 
 def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
@@ -74,13 +78,34 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     failed = dict(_event(1, False)[0], status="error", error="model failed")  # no outputs
     cases.append((failed, {"inputs/input": _event(1, False)[1]["inputs/input"]}))
 
-    data = frame([_handed_over(m, a) for m, a in cases])
+    data = frame([_handed_over(m, a, worker_log=i % 2 == 0) for i, (m, a) in enumerate(cases)])
     wires, used, broken = wires_from_batches(data + data[:40], "scoring.events")  # a batch cut short stays unread
     assert (used, broken) == (len(data), 0)
     assert len(wires) == len(cases)
     for wire, (m, a) in zip(wires, cases):
         assert _without_id(wire) == _without_id(to_wire(scoring_event(m, a), "scoring.events"))
     assert dict(wires[2].headers)["ce_source"] == "/gateway/höst-2".encode()
+
+
+class _Doubler:
+    batchable = True
+
+    def predict(self, inputs: dict) -> dict:
+        return {"y": inputs["x"] * 2, "n": inputs["x"].sum(axis=1)}
+
+
+def test_the_worker_writes_the_scoring_log_of_the_requests_the_gateway_logs():
+    rng = np.random.default_rng(5)
+    xs = [rng.random((rows, 3), dtype=np.float32) for rows in (1, 4, 2)]
+    requests = [encode({"seq": i, "log": True} if i != 1 else {"seq": i}, {"x": x}) for i, x in enumerate(xs)]
+    frames, _ = split_frames(b"".join(requests))
+    answers, _ = split_frames(b"".join(score_frames(_Doubler(), frames, 4096)))  # stacked in one batch
+    predictions = [prediction_from(meta, body) for meta, body in answers]
+    for x, prediction in zip(xs, predictions):
+        np.testing.assert_array_equal(prediction.outputs["y"], x * 2)
+    assert predictions[1].log is None  # not logged: nothing written
+    for i in (0, 2):
+        assert predictions[i].log == scoring_log({"x": xs[i]}, predictions[i].outputs)
 
 
 def test_an_event_the_shipper_cannot_build_is_dropped_alone_and_reported():

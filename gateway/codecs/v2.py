@@ -25,8 +25,6 @@ class InferRequest:
     rows: int
     parameters: dict[str, Any] = field(default_factory=dict)
     requested_outputs: list[str] | None = None
-    # (name, numpy dtype, shape) of each input, as the event log hands them over: once per request
-    input_layout: list[tuple[str, str, tuple[int, ...]]] | None = None
 
 
 def _shape_ok(shape: list[int], declared: tuple[int, ...]) -> bool:

@@ -1,15 +1,14 @@
 """How scoring events cross from the gateway to the event shipper: the gateway's request loop
-serialises what each record needs, the shipper, on the other core, builds the records.
+hands over what each record needs, the shipper, on the other core, builds the records.
 
-The request loop is the process that saturates first, so it does as little per event as it can:
-one orjson call, made at once while the data is still in the CPU's caches (`serialised`), over
-the event's scalars (a dict), the arrays the loop already holds (the request's inputs, the
-model's outputs, the served action) as nested lists, and their layouts (name, numpy dtype,
-shape: the worker's answer frame carries the outputs', the inputs' is taken once per request).
-Every 2 ms the events since the last flush go to the shipper's socket in one frame (`frame`).
-The shipper builds each Kafka record from them (`wires_from_batches`): byte for byte the record
-of the gateway's own arrays, as orjson writes a number read from its own output back as the
-same text (pinned by a test).
+The request loop is the process that saturates first, so it does as little per event as it can.
+The worker that scores a request the gateway will log also writes its scoring log (inputs and
+outputs as nested lists with their layouts: scorers.protocol.scoring_log) on its own core, and
+sends it back with the answer. The loop serialises the event's scalars and the served action
+around that log, embedded as it is (`serialised`), and every 2 ms writes the events since the
+last flush to the shipper's socket in one frame (`frame`). The shipper builds each Kafka record
+from them (`wires_from_batches`): byte for byte the record of the gateway's own arrays, as
+orjson writes a number read from its own output back as the same text (pinned by a test).
 
 A frame on the socket is a little-endian u32 length, then the JSON list of events."""
 from __future__ import annotations
@@ -24,7 +23,7 @@ import orjson
 from gateway.codecs.datatypes import v2_datatype_of
 from gateway.events.records import event_record, to_wire
 from gateway.events.spool import WireRecord
-from scorers.protocol import MAX_FRAME
+from scorers.protocol import MAX_FRAME, contiguous, scoring_log
 
 log = logging.getLogger("gateway.events")
 
@@ -32,38 +31,22 @@ if TYPE_CHECKING:
     from gateway.codecs.v2 import InferRequest
     from gateway.parallel.pool import Prediction
 
-Layout = list[tuple[str, str, Any]]  # (name, numpy dtype .str, shape) per array, in order
-# meta (records.event_record's), input layout, inputs, output layout, outputs, action
-Event = tuple[dict[str, Any], Layout, Mapping[str, np.ndarray], Layout, Mapping[str, np.ndarray],
-              Mapping[str, np.ndarray]]
+# An event: the scalars (records.event_record's meta), the request's scoring log
+# (scorers.protocol.scoring_log: input layout, inputs, output layout, outputs) and the action.
 LENGTH = struct.Struct("<I")
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
-
-
-def layout(arrays: Mapping[str, np.ndarray]) -> Layout:
-    return [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
 
 
 def serialised(meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
                action: Mapping[str, np.ndarray]) -> bytes:
-    """One model's answer to `request` as the shipper reads it (an `Event`), serialised at once,
-    while its arrays are still in the CPU's caches: the same call at the next flush, when they
-    have gone cold, cost four times as much. Raises TypeError if it cannot be serialised."""
-    if request.input_layout is None:
-        request.input_layout = layout(request.inputs)
-    if prediction is None:
-        event = (meta, request.input_layout, request.inputs, [], {}, action)
-    else:
-        event = (meta, request.input_layout, request.inputs, prediction.layout, prediction.outputs, action)
-    return orjson.dumps(event, option=_NUMPY, default=_contiguous)
-
-
-def _contiguous(value: Any) -> Any:
-    """orjson hands over the arrays it cannot write as they are: a C-contiguous copy it can
-    (numbers written as ndarray.ravel() would give them, float32 as float32)."""
-    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
-        return np.ascontiguousarray(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    """One model's answer to `request` as the shipper reads it. The inputs and outputs come as
+    the worker wrote them (`Prediction.log`), embedded, not re-encoded; the loop writes them
+    itself only when the worker did not (a failed answer, or one it could not serialise).
+    Raises TypeError if the event cannot be serialised."""
+    log = prediction.log if prediction is not None else None
+    if log is None:
+        log = scoring_log(request.inputs, prediction.outputs if prediction is not None else {})
+    return orjson.dumps((meta, orjson.Fragment(log), action), option=orjson.OPT_SERIALIZE_NUMPY,
+                        default=contiguous)
 
 
 def frame(events: list[bytes]) -> bytes:
@@ -99,7 +82,7 @@ def _tensors(arrays_layout: list, arrays: dict[str, Any]) -> list[dict[str, Any]
 
 def record_of(event: list) -> dict[str, Any]:
     """The scoring event record of one event read back from a batch."""
-    meta, input_layout, inputs, output_layout, outputs, action = event
+    meta, (input_layout, inputs, output_layout, outputs), action = event
     return event_record(meta, _tensors(input_layout, inputs), _tensors(output_layout, outputs), action)
 
 

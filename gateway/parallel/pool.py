@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +38,14 @@ class Prediction:
     outputs: dict[str, np.ndarray]
     compute_ms: float
     batch: int
-    layout: list  # (name, numpy dtype, shape) of each output, as the worker's answer frame gave them
+    log: bytes | None = None  # the worker's scoring_log of this request, when asked for one
+
+
+def prediction_from(meta: dict[str, Any], body: bytes) -> Prediction:
+    """A worker's answer frame as a Prediction."""
+    tail = meta.get("tail", 0)
+    return Prediction(decode_arrays(meta, body), meta.get("compute_ms", 0.0), meta.get("batch", 1),
+                      body[len(body) - tail :] if tail else None)
 
 
 class _Worker:
@@ -93,7 +101,7 @@ class _Worker:
             self.pending.clear()
             self.pool.on_worker_exit(self)
 
-    def send(self, seq: int, arrays: dict[str, np.ndarray]) -> asyncio.Future:
+    def send(self, seq: int, arrays: dict[str, np.ndarray], log: bool = False) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending[seq] = future
@@ -101,7 +109,7 @@ class _Worker:
         # as one batch), instead of one write and one worker wake-up per request.
         if not self._outbox:
             loop.call_soon(self._flush)
-        self._outbox.append(encode({"seq": seq}, arrays))
+        self._outbox.append(encode({"seq": seq, "log": True} if log else {"seq": seq}, arrays))
         return future
 
     def _flush(self) -> None:
@@ -185,21 +193,21 @@ class WorkerPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def predict(self, arrays: dict[str, np.ndarray], timeout: float) -> Prediction:
+    async def predict(self, arrays: dict[str, np.ndarray], timeout: float, log: bool = False) -> Prediction:
+        """The model's answer; with `log`, the worker also writes the request's scoring log."""
         live = [w for w in self._workers if w.alive]
         if not live:
             raise WorkerUnavailable(f"no live worker for {self.model.key}")
         worker = min(live, key=lambda w: len(w.pending))
         seq = next(self._seq)
-        future = worker.send(seq, arrays)
+        future = worker.send(seq, arrays, log)
         try:
             meta, body = await asyncio.wait_for(future, timeout)
         finally:
             worker.pending.pop(seq, None)
         if not meta.get("ok"):
             raise ScoringError(meta.get("error", "unknown error"))
-        return Prediction(decode_arrays(meta, body), meta.get("compute_ms", 0.0), meta.get("batch", 1),
-                          meta.get("arrays", []))
+        return prediction_from(meta, body)
 
     async def stop(self) -> None:
         self._stopping = True
