@@ -2,7 +2,9 @@
 
 A frame is `<meta_len:u32><body_len:u32><meta JSON><body>`: a small orjson header naming each
 array (name, dtype, shape) and the raw array bytes back to back, so arrays cross the process
-boundary without a text round trip. Responses come back in request order, tagged by `seq`.
+boundary without a text round trip. Responses come back in request order, tagged by `seq`. A
+request the gateway will log says so (`"log": true`); its answer then ends with the request's
+scoring log (`scoring_log`, its length in the answer's `"tail"`).
 """
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ import logging
 import os
 import socket
 import sys
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
