@@ -66,18 +66,10 @@ def _flat(values: Any, ndim: int) -> list:
     return values
 
 
-_DATATYPES: dict[str, str] = {}
-
-
 def _tensors(arrays_layout: list, arrays: dict[str, Any]) -> list[dict[str, Any]]:
     """The record's V2 tensors (codecs.v2.tensor) from arrays read back with their layout."""
-    tensors = []
-    for name, dtype_str, shape in arrays_layout:
-        datatype = _DATATYPES.get(dtype_str)
-        if datatype is None:
-            datatype = _DATATYPES[dtype_str] = v2_datatype_of(dtype_str)
-        tensors.append({"name": name, "datatype": datatype, "shape": shape, "data": _flat(arrays[name], len(shape))})
-    return tensors
+    return [{"name": name, "datatype": v2_datatype_of(dtype_str), "shape": shape, "data": _flat(arrays[name], len(shape))}
+            for name, dtype_str, shape in arrays_layout]
 
 
 def record_of(event: list) -> dict[str, Any]:

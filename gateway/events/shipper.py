@@ -2,12 +2,11 @@
 
 Building records and producing them to Kafka (batches, partitions, confirmations, spool) costs
 more Python than the scoring they log, and the gateway's request loop is the process that
-saturates first; so the loop only serialises each event's scalars and arrays with one orjson
-call, and every 2 ms writes those since the last flush to the shipper's socket
-(gateway.events.handover).
-The shipper builds the records and runs the EventLogger: queue, Kafka producer, disk spool and
-replay. Its metrics come back to the gateway once a second (scorers.protocol frames) and are
-re-exported on the gateway's /metrics.
+saturates first; so the loop only wraps each event's scalars around the scoring log the worker
+wrote (one orjson call) and every 2 ms writes the events since the last flush to the shipper's
+socket (gateway.events.handover). The shipper builds the records and runs the EventLogger:
+queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway once a
+second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
