@@ -240,7 +240,9 @@ async def test_open_loop_generator_records_every_due_request_and_skips_missing_f
     assert result["warmup_requests"] == 50 and result["outcomes"] == {"200": 200}
     assert histograms.decode(result["kinds"]["one"]["histogram"]).get_total_count() == 200
     assert sorted(result["timeline"]) == [0, 1, 2]  # 0.25-1.25 s in 0.5 s buckets
-    assert result["feedback"].get("404") == 1  # the first 404 switches feedback off
+    # The first 404 switches feedback off: of the 200 due, only those already in flight when it
+    # came back are sent (one, or a few on a loaded machine), and nothing else is counted.
+    assert set(result["feedback"]) == {"404"} and 1 <= result["feedback"]["404"] <= 10
     assert any("feedback" in w and "404" in w for w in result["warnings"])
     assert result["cpu_s"] is not None and result["max_in_flight"] <= 1000
 
