@@ -88,10 +88,6 @@ class EventShipper:
                 sys.executable, "-m", "gateway.events.shipper", "--fd", str(child.fileno()),
                 "--settings", orjson.dumps(self.settings).decode(),
                 pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL, env=env,
-                # Its own process group, so Ctrl-C goes to the gateway, which stops the shipper in
-                # order; not its own session, which on kernels with autogroup scheduling would make
-                # it a scheduling group of its own, weighed like the whole gateway, nice or not.
-                process_group=0,
             )
         finally:
             child.close()
@@ -250,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--settings", required=True)
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when the shipper stops
+    # The gateway decides when the shipper stops: a process group of its own keeps a terminal's
+    # Ctrl-C away from it. Not a session of its own: with autogroup scheduling a session is a
+    # scheduling group, weighed like the whole gateway, and the nice below would do nothing.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
+    os.setpgid(0, 0)
     # Logging is background work: when cores are short, requests get them first and the
     # shipper catches up from its queue (then its spool) in the gaps. SCHED_BATCH: a shipper
     # waking up waits for the running request to finish its slice instead of preempting it.
