@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import shutil
 import subprocess
 
@@ -171,3 +172,21 @@ async def test_sampling_logs_champion_and_challenger_of_the_same_requests(
     assert sorted(by_request) == sorted(expected)
     assert all(roles == {"champion", "challenger"} for roles in by_request.values())
     assert 0.18 < len(expected) / len(ids) < 0.32
+
+
+async def test_the_event_shipper_yields_the_cores_to_requests_and_ignores_ctrl_c(
+        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
+    """Logging must not slow scoring: the shipper runs niced and without wake-up preemption, in
+    the gateway's session (with autogroup scheduling a session of its own would be weighed like
+    the whole gateway, nice or not), in a process group of its own (a terminal's Ctrl-C goes to
+    the gateway, which stops it in order)."""
+    gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
+    pid = gateway.process.pid
+    children = [int(c) for task in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    shippers = [c for c in children if b"gateway.events.shipper" in open(f"/proc/{c}/cmdline", "rb").read()]
+    assert len(shippers) == 1
+    shipper = shippers[0]
+    assert os.getpriority(os.PRIO_PROCESS, shipper) == os.getpriority(os.PRIO_PROCESS, pid) + 10
+    assert os.sched_getscheduler(shipper) == os.SCHED_BATCH
+    assert os.getsid(shipper) == os.getsid(pid) and os.getpgid(shipper) == shipper != os.getpgid(pid)

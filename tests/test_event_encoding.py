@@ -219,6 +219,36 @@ def test_the_shippers_inbox_stops_reading_until_its_burst_is_due(monkeypatch):
     assert after == [[0]]
 
 
+def test_the_shippers_inbox_reads_a_backlog_through_without_waiting_for_each_burst(monkeypatch):
+    """A gateway faster than one socket read per burst: the shipper must keep up with it."""
+    from gateway.events import shipper
+
+    monkeypatch.setattr(shipper, "READ_PAUSE", 3600.0)
+
+    async def scenario() -> tuple[int, int]:
+        ours, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        transport, inbox = await loop.connect_accepted_socket(lambda: shipper._Inbox("t", lambda wires: None), theirs)
+        backlog = b"".join(_frame(i) for i in range(4000))  # ~3 MB, a dozen reads
+        ours.setblocking(False)
+        sending = asyncio.ensure_future(loop.sock_sendall(ours, backlog))
+
+        async def received() -> None:
+            while sum(map(len, inbox._chunks)) < len(backlog):
+                await asyncio.sleep(0.001)
+
+        try:
+            await asyncio.wait_for(received(), 10)  # not one read per burst (due in an hour)
+        finally:
+            sending.cancel()
+        transport.close()
+        ours.close()
+        return sum(map(len, inbox._chunks)), len(backlog)
+
+    got, sent = asyncio.run(scenario())
+    assert got == sent
+
+
 def test_the_shipper_gets_every_event_but_one_that_cannot_be_serialised_which_is_counted():
     from prometheus_client import REGISTRY
 
