@@ -41,7 +41,8 @@ def _gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[s
                            kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source)
 
 
-def _part(pid: int, root: int) -> str:
+def part_of(pid: int, root: int) -> str:
+    """Which part of the gateway rooted at `root` a process of its tree is."""
     if pid == root:
         return "gateway"
     try:
@@ -56,7 +57,7 @@ def _cpu_by_part(root: int) -> dict[str, float]:
     sample = host.sample_cpu({"server": root}).trees["server"]
     parts = dict.fromkeys(PARTS, 0.0)
     for pid, seconds in sample.items():
-        parts[_part(pid, root)] += seconds
+        parts[part_of(pid, root)] += seconds
     return parts
 
 

@@ -55,7 +55,7 @@ def main(calls: int = 100_000) -> None:
     def log_shadowed_requests() -> bytes:
         pending = []
         for _ in range(batch):
-            request = InferRequest(new_id(), {"input": row}, 1)  # a new request: its input layout taken once
+            request = InferRequest(new_id(), {"input": row}, 1)
             for version, role in (("1", "champion"), ("2", "challenger")):
                 meta = {"ts": time.time(), "request_id": request.id, "model_name": "wine", "model_version": version,
                         "role": role, "route": "shadow", "arm": version, "reason": plan.reason,

@@ -14,6 +14,8 @@ import pytest
 
 from gateway.events.records import sampled
 from gateway.models.demo import sample_wines
+from loadtests.host import process_tree
+from loadtests.logging_cost import part_of
 from tests.conftest import ROOT, gateway_config, metric, read_topic
 from tests.test_gateway_e2e import infer_body, post_all
 
@@ -182,9 +184,7 @@ async def test_the_event_shipper_yields_the_cores_to_requests_and_ignores_ctrl_c
     the gateway, which stops it in order)."""
     gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
     pid = gateway.process.pid
-    children = [int(c) for task in os.listdir(f"/proc/{pid}/task")
-                for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
-    shippers = [c for c in children if b"gateway.events.shipper" in open(f"/proc/{c}/cmdline", "rb").read()]
+    shippers = [p for p in process_tree(pid) if part_of(p, pid) == "shipper"]
     assert len(shippers) == 1
     shipper = shippers[0]
     assert os.getpriority(os.PRIO_PROCESS, shipper) == os.getpriority(os.PRIO_PROCESS, pid) + 10

@@ -19,7 +19,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
 from gateway.codecs.v2 import InferRequest
 from gateway.events.handover import frame, serialised, wires_from_batches
-from gateway.events.records import scoring_event, to_wire
+from gateway.events.records import by_kind, scoring_event, to_wire
 from gateway.parallel.pool import Prediction, prediction_from
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, scoring_log, split_frames
@@ -52,15 +52,12 @@ def _without_id(wire: WireRecord) -> tuple:
 def _loggable(meta: dict, arrays: dict, worker_log: bool = True) -> tuple:
     """What the gateway's loop logs for `meta` and `arrays`: (meta, request, prediction, action);
     the prediction with the worker's scoring log, or without one (the loop writes it)."""
-    by_kind: dict[str, dict] = {"inputs": {}, "outputs": {}, "action": {}}
-    for key, array in arrays.items():
-        kind, _, name = key.partition("/")
-        by_kind[kind][name] = array
-    request = InferRequest(meta["request_id"], by_kind["inputs"], 1)
-    outputs = by_kind["outputs"]
+    split = by_kind(arrays)
+    request = InferRequest(meta["request_id"], split["inputs"], 1)
+    outputs = split["outputs"]
     log = scoring_log(request.inputs, outputs) if worker_log else None
     prediction = Prediction(outputs, 1.0, 1, log) if outputs else None
-    return meta, request, prediction, by_kind["action"]
+    return meta, request, prediction, split["action"]
 
 
 def _handed_over(meta: dict, arrays: dict, worker_log: bool = True) -> bytes:

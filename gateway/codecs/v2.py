@@ -118,8 +118,13 @@ def decode_infer_request(body: bytes, inputs: tuple[TensorSpec, ...], outputs: t
     return InferRequest(request_id, arrays, n, parameters, names)
 
 
+def tensor_of(name: str, datatype: str, shape: list[int], data: Any) -> dict[str, Any]:
+    """A V2 tensor as JSON takes it; responses and event records alike (their bytes must agree)."""
+    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
+
+
 def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    return {"name": name, "datatype": v2_datatype(array.dtype), "shape": list(array.shape), "data": array.ravel()}
+    return tensor_of(name, v2_datatype(array.dtype), list(array.shape), array.ravel())
 
 
 def encode_infer_response(model: str, version: str, request_id: str, outputs: dict[str, np.ndarray],

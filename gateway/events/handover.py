@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 
 from gateway.codecs.datatypes import v2_datatype_of
+from gateway.codecs.v2 import tensor_of
 from gateway.events.records import event_record, to_wire
 from gateway.events.spool import WireRecord
 from scorers.protocol import MAX_FRAME, contiguous, scoring_log
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from gateway.codecs.v2 import InferRequest
     from gateway.parallel.pool import Prediction
 
-# An event: the scalars (records.event_record's meta), the request's scoring log
-# (scorers.protocol.scoring_log: input layout, inputs, output layout, outputs) and the action.
 LENGTH = struct.Struct("<I")
 
 
@@ -67,13 +66,15 @@ def _flat(values: Any, ndim: int) -> list:
 
 
 def _tensors(arrays_layout: list, arrays: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's V2 tensors (codecs.v2.tensor) from arrays read back with their layout."""
-    return [{"name": name, "datatype": v2_datatype_of(dtype_str), "shape": shape, "data": _flat(arrays[name], len(shape))}
+    """The record's V2 tensors from arrays read back with their layout."""
+    return [tensor_of(name, v2_datatype_of(dtype_str), shape, _flat(arrays[name], len(shape)))
             for name, dtype_str, shape in arrays_layout]
 
 
 def record_of(event: list) -> dict[str, Any]:
-    """The scoring event record of one event read back from a batch."""
+    """The scoring event record of one event read back from a batch: the scalars
+    (event_record's meta), the request's scoring log (input layout, inputs, output layout,
+    outputs) and the action."""
     meta, (input_layout, inputs, output_layout, outputs), action = event
     return event_record(meta, _tensors(input_layout, inputs), _tensors(output_layout, outputs), action)
 

@@ -53,14 +53,20 @@ def tensors(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     return [tensor(name, array) for name, array in arrays.items()]
 
 
-def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """`event_record` from arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`: for
-    code that holds a model's arrays (tests, benchmarks)."""
-    by_kind: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}, "action": {}}
+def by_kind(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`, split by kind."""
+    split: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}, "action": {}}
     for key, array in arrays.items():
         kind, _, name = key.partition("/")
-        by_kind[kind][name] = array
-    return event_record(meta, tensors(by_kind["inputs"]), tensors(by_kind["outputs"]), by_kind["action"])
+        split[kind][name] = array
+    return split
+
+
+def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """`event_record` from arrays named as `by_kind` takes them: for code that holds a model's
+    arrays (tests, benchmarks)."""
+    split = by_kind(arrays)
+    return event_record(meta, tensors(split["inputs"]), tensors(split["outputs"]), split["action"])
 
 
 def event_record(meta: dict[str, Any], inputs: list, outputs: list, action: Mapping[str, Any]) -> dict[str, Any]:
