@@ -11,9 +11,8 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
-import numpy as np
 
 from gateway import metrics
 from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
@@ -27,7 +26,9 @@ from gateway.routing import Plan, Policy, ShadowCall, experiment_name
 from gateway.tasks import BackgroundTasks
 
 log = logging.getLogger("gateway.service")
-Action = tuple[str, dict[str, np.ndarray]]  # (served version, its first output): what the caller got
+# What the caller got, as the event records hold it: {"model_version": served version,
+# "outputs": {its first output's name: array}}; built once per request, shared by its events.
+Action = dict[str, Any]
 
 
 @dataclass
@@ -99,14 +100,15 @@ class ScoringService:
 
     def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, reason: str, request_id: str,
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
-        self.events.log({
-            "ts": time.time(), "request_id": request_id, "model_name": deployed.name, "model_version": version,
-            "role": role, "route": plan.policy, "arm": version, "reason": reason,
-            "served": version == plan.serve and role != "challenger",
-            "status": outcome.status, "error": outcome.error, "latency_ms": outcome.latency_ms,
-            "instance": self.instance, "sample_rate": deployed.log_sample_rate,
-            "action_version": action[0] if action else None,
-        }, request, outcome.prediction, action[1] if action else {})
+        self.events.log({  # records.FIELDS, in its order
+            "ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "model_name": deployed.name,
+            "model_version": version, "role": role, "route": plan.policy, "arm": version, "reason": reason,
+            "served": version == plan.serve and role != "challenger", "status": outcome.status, "error": outcome.error,
+            "action": action,
+            "latency_ms": int(outcome.latency_ms * 1000) / 1000,  # to the µs; round() costs 3x
+            "gateway_instance": self.instance,
+            "sample_rate": deployed.log_sample_rate,
+        }, request, outcome.prediction)
 
     async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)
@@ -131,7 +133,7 @@ class ScoringService:
         outputs = outcome.prediction.outputs
         served = deployed.versions[plan.serve]
         first = served.outputs[0].name if served.outputs else next(iter(outputs))
-        action = (plan.serve, {first: outputs[first]})  # what the caller got: the served first output
+        action = {"model_version": plan.serve, "outputs": {first: outputs[first]}}
         if logged:
             self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, action)
         if self.feedback is not None and version is None:
@@ -169,7 +171,7 @@ class ScoringService:
             if logged:
                 self._log(deployed, call.version, "challenger", plan, "shadow", request_id, request, outcome, action)
             if self.feedback is not None and outcome.prediction is not None:
-                first = next(iter(action[1]))
+                first = next(iter(action["outputs"]))
                 prediction = outcome.prediction.outputs.get(first)
                 if prediction is not None:
                     self.feedback.add_prediction(request_id, call.version, prediction.copy())

@@ -2,7 +2,7 @@
 
     python -m loadtests.drift_bench --events 1000000 --consumers 1 2 --repeats 3
 
-Events are the gateway's own records (`scoring_event`/`to_wire`, real ONNX predictions of both demo
+Events are the gateway's own records (`scoring_event`, real ONNX predictions of both demo
 versions, as a shadow deployment logs them), built once as templates and replayed with fresh
 event ids and timestamps, written to the topic by kcat (lz4, the gateway's compression). Each
 consumer is a separate process running the real DriftConsumer (transactional publish + commit)
@@ -48,7 +48,7 @@ def build_templates(repository: Path, n: int, seed: int = 0) -> list[WireRecord]
     """Champion and challenger events for n/2 requests: 90% training-range rows, 10% drifted."""
     import onnxruntime as ort
 
-    from gateway.events.records import scoring_event, to_wire
+    from gateway.events.records import scoring_event
     from gateway.models.demo import sample_wines
 
     rng = np.random.default_rng(seed)
@@ -61,12 +61,15 @@ def build_templates(repository: Path, n: int, seed: int = 0) -> list[WireRecord]
         x = x[None, :]
         for version, role in (("1", "champion"), ("2", "challenger")):
             label, proba = sessions[version].run(None, {"input": x})
-            meta = {"ts": 1_764_000_000.0 + i / 1000, "request_id": f"{i:032x}", "model_name": "wine",
-                    "model_version": version, "role": role, "route": "shadow", "served": role == "champion",
-                    "status": "ok", "error": None, "latency_ms": 0.4, "instance": "bench", "sample_rate": 1.0,
-                    "action_version": "1"}
-            arrays = {"inputs/input": x, "outputs/label": label, "outputs/probabilities": proba, "action/label": label}
-            out.append(to_wire(scoring_event(meta, arrays), "scoring.events"))
+            if version == "1":
+                served_label = label
+            fields = {"ts_ms": 1_764_000_000_000 + i, "request_id": f"{i:032x}", "model_name": "wine",
+                      "model_version": version, "role": role, "route": "shadow", "arm": version,
+                      "reason": "shadow", "served": role == "champion", "status": "ok", "error": None,
+                      "action": {"model_version": "1", "outputs": {"label": served_label}}, "latency_ms": 0.4,
+                      "gateway_instance": "bench", "sample_rate": 1.0}
+            arrays = {"inputs/input": x, "outputs/label": label, "outputs/probabilities": proba}
+            out.append(scoring_event(fields, arrays))
     return out
 
 

@@ -49,7 +49,7 @@ def main(calls: int = 100_000) -> None:
                enumerate(("1", "2"))}
     log = {v: scoring_log({"input": row}, o) for v, o in outputs.items()}  # the workers write these
     predictions = {v: Prediction(o, 1.0, 1, log[v]) for v, o in outputs.items()}
-    action = {"probabilities": outputs["1"]["probabilities"]}
+    action = {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
     batch = 100
 
     def log_shadowed_requests() -> bytes:
@@ -57,11 +57,12 @@ def main(calls: int = 100_000) -> None:
         for _ in range(batch):
             request = InferRequest(new_id(), {"input": row}, 1)
             for version, role in (("1", "champion"), ("2", "challenger")):
-                meta = {"ts": time.time(), "request_id": request.id, "model_name": "wine", "model_version": version,
-                        "role": role, "route": "shadow", "arm": version, "reason": plan.reason,
-                        "served": role == "champion", "status": "ok", "error": None, "latency_ms": 1.234,
-                        "instance": "bench", "sample_rate": 1.0, "action_version": "1"}
-                pending.append(serialised(meta, request, predictions[version], action))
+                fields = {"ts_ms": time.time_ns() // 1_000_000, "request_id": request.id, "model_name": "wine",
+                          "model_version": version, "role": role, "route": "shadow", "arm": version,
+                          "reason": plan.reason, "served": role == "champion", "status": "ok", "error": None,
+                          "action": action, "latency_ms": int(1.2345 * 1000) / 1000, "gateway_instance": "bench",
+                          "sample_rate": 1.0}
+                pending += serialised(fields, request, predictions[version])
         return frame(pending)
 
     rounds = calls // batch

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.codecs.json_tensors import write_tensors
+
 HEADER = struct.Struct("<II")
 MAX_FRAME = 1 << 30
 
@@ -38,25 +40,17 @@ def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, ta
     return HEADER.pack(len(head), len(body)) + head + body
 
 
-def layout(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, tuple[int, ...]]]:
-    """(name, numpy dtype, shape) of each array, in order."""
-    return [(name, array.dtype.str, array.shape) for name, array in arrays.items()]
-
-
-def contiguous(value: Any) -> Any:
-    """orjson hands over the arrays it cannot write as they are: a C-contiguous copy it can
-    (numbers written as ndarray.ravel() would give them, float32 as float32)."""
-    if isinstance(value, np.ndarray) and not value.flags.c_contiguous:
-        return np.ascontiguousarray(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def scoring_log(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
-    """A request's inputs and outputs as the event log takes them: JSON of (input layout,
-    inputs, output layout, outputs), arrays as nested lists. The worker writes it, on its own
-    core, for the requests the gateway will log, so the gateway's loop does not."""
-    return orjson.dumps((layout(inputs), inputs, layout(outputs), outputs), option=orjson.OPT_SERIALIZE_NUMPY,
-                        default=contiguous)
+    """A request's inputs and outputs as its event record holds them: the JSON object
+    `{"inputs":[...],"outputs":[...]}` of V2 tensors, which the shipper embeds in the record
+    unread. The worker writes it, on its own core, for the requests the gateway will log, so
+    neither the gateway's loop nor the shipper does. Raises TypeError for arrays JSON cannot hold."""
+    parts = [b'{"inputs":']
+    write_tensors(inputs, parts)
+    parts.append(b',"outputs":')
+    write_tensors(outputs, parts)
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 _DTYPES: dict[str, np.dtype] = {}

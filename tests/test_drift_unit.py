@@ -110,20 +110,22 @@ def test_fast_and_slow_decoding_agree(repo_root):
 
 
 def gateway_toy_events(n: int, seed: int = 0) -> list[bytes]:
-    """toy/1 events exactly as the gateway's event shipper writes them (scoring_event, to_wire)."""
-    from gateway.events.records import scoring_event, to_wire
+    """toy/1 events exactly as the gateway's event shipper writes them (scoring_event)."""
+    from gateway.events.records import scoring_event
 
     rng = np.random.default_rng(seed)
     values = []
     for i in range(n):
         rows = 1 + i % 3
         x = rng.normal(0, 1, (rows, 3)).astype(np.float32)
-        meta = {"ts": 1_700_000_000 + i, "request_id": f"req-{i}", "model_name": "toy", "model_version": "1",
-                "role": "champion", "route": "shadow", "served": True, "status": "ok", "error": None,
-                "latency_ms": 0.5, "instance": "t", "sample_rate": 1.0, "action_version": "1"}
-        arrays = {"inputs/x": x, "outputs/label": rng.choice(CLASSES, rows),
-                  "outputs/proba": rng.uniform(0, 1, (rows, 2)).astype(np.float32)}
-        values.append(to_wire(scoring_event(meta, arrays), "scoring.events").value)
+        label = rng.choice(CLASSES, rows)
+        fields = {"ts_ms": (1_700_000_000 + i) * 1000, "request_id": f"req-{i}", "model_name": "toy",
+                  "model_version": "1", "role": "champion", "route": "shadow", "arm": "1", "reason": "shadow",
+                  "served": True, "status": "ok", "error": None,
+                  "action": {"model_version": "1", "outputs": {"label": label}}, "latency_ms": 0.5,
+                  "gateway_instance": "t", "sample_rate": 1.0}
+        arrays = {"inputs/x": x, "outputs/label": label, "outputs/proba": rng.uniform(0, 1, (rows, 2)).astype(np.float32)}
+        values.append(scoring_event(fields, arrays).value)
     return values
 
 

@@ -1,7 +1,7 @@
 """The book's example on the demo models, without Kafka: low-alcohol wines drift on alcohol (and the
 domain classifier says so), while 50 windows of training-range wines raise nothing.
 
-Events are built with the gateway's own `scoring_event`/`to_wire` and carry the ONNX models'
+Events are built with the gateway's own `scoring_event` and carry the ONNX models'
 real predictions; sampling is seeded, so the verdicts are the same on every run.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from gateway.drift.classifier import domain_classifier
 from gateway.drift.consumer import DriftSettings
 from gateway.drift.monitor import DriftMonitor
 from gateway.drift.reference import ReferenceStore
-from gateway.events.records import scoring_event, to_wire
+from gateway.events.records import scoring_event
 from gateway.models.demo import sample_wines
 from gateway.models.repository import ModelRepository
 
@@ -39,11 +39,13 @@ def wine_events(repository, version: str, rows: np.ndarray, t0: float = 1_764_00
     for i in range(0, len(rows), ROWS_PER_EVENT):
         x = rows[i:i + ROWS_PER_EVENT]
         label, proba = session.run(None, {"input": x})
-        meta = {"ts": t0 + i / 100, "request_id": f"r{i}", "model_name": "wine", "model_version": version,
-                "role": "champion", "route": "shadow", "served": True, "status": "ok", "error": None,
-                "latency_ms": 0.4, "instance": "test", "sample_rate": 1.0, "action_version": version}
-        arrays = {"inputs/input": x, "outputs/label": label, "outputs/probabilities": proba, "action/label": label}
-        values.append(to_wire(scoring_event(meta, arrays), "scoring.events").value)
+        fields = {"ts_ms": int((t0 + i / 100) * 1000), "request_id": f"r{i}", "model_name": "wine",
+                  "model_version": version, "role": "champion", "route": "shadow", "arm": version, "reason": "shadow",
+                  "served": True, "status": "ok", "error": None,
+                  "action": {"model_version": version, "outputs": {"label": label}}, "latency_ms": 0.4,
+                  "gateway_instance": "test", "sample_rate": 1.0}
+        arrays = {"inputs/input": x, "outputs/label": label, "outputs/probabilities": proba}
+        values.append(scoring_event(fields, arrays).value)
     return values
 
 

@@ -7,6 +7,7 @@ import asyncio
 import random
 import socket
 import sys
+from datetime import datetime, timezone
 
 import numpy as np
 import orjson
@@ -19,7 +20,9 @@ from aiokafka.record.memory_records import MemoryRecords
 from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
 from gateway.codecs.v2 import InferRequest
 from gateway.events.handover import frame, serialised, wires_from_batches
-from gateway.events.records import by_kind, scoring_event, to_wire
+from gateway.codecs.datatypes import NUMPY_TO_V2
+from gateway.codecs.json_tensors import tensors_json
+from gateway.events.records import FIELDS, by_kind, scoring_event
 from gateway.parallel.pool import Prediction, prediction_from
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, scoring_log, split_frames
@@ -32,13 +35,29 @@ def _event(rows: int, action: bool) -> tuple[dict, dict]:
               "inputs/flag": rng.integers(0, 2, rows).astype(np.bool_),
               "outputs/label": rng.integers(0, 3, rows),
               "outputs/probabilities": rng.random((rows, 3), dtype=np.float32)}
-    if action:
-        arrays["action/probabilities"] = arrays["outputs/probabilities"]
-    meta = {"ts": 1795642642.9961, "request_id": f"req-{rows}", "model_name": "wine", "model_version": "2",
-            "role": "challenger", "route": "shadow", "arm": "2", "reason": "shadow", "served": False,
-            "status": "ok", "error": None, "latency_ms": 1.23456, "instance": "host-1", "sample_rate": 0.5,
-            "action_version": "1" if action else None}
-    return meta, arrays
+    fields = {"ts_ms": 1795642642996, "request_id": f"req-{rows}", "model_name": "wine", "model_version": "2",
+              "role": "challenger", "route": "shadow", "arm": "2", "reason": "shadow", "served": False,
+              "status": "ok", "error": None,
+              "action": {"model_version": "1", "outputs": {"probabilities": arrays["outputs/probabilities"]}}
+              if action else None,
+              "latency_ms": 1.235, "gateway_instance": "host-1", "sample_rate": 0.5}
+    return fields, arrays
+
+
+def _plain_tensors(arrays: dict) -> list:
+    """V2 tensors as a plain dict per tensor gives them (what json_tensors must agree with)."""
+    return [{"name": name, "datatype": NUMPY_TO_V2[a.dtype], "shape": list(a.shape),
+             "data": np.ascontiguousarray(a).ravel()} for name, a in arrays.items()]
+
+
+def _plain_record(fields: dict, arrays: dict) -> dict:
+    """The record every part of the hand-over must add up to, written the plain way."""
+    split = by_kind(arrays)
+    second, ms = divmod(fields["ts_ms"], 1000)
+    stamp = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms:03d}Z"
+    record = {"schema_version": 1, "timestamp": stamp, **fields, "inputs": _plain_tensors(split["inputs"]),
+              "outputs": _plain_tensors(split["outputs"])}
+    return orjson.loads(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def _without_id(wire: WireRecord) -> tuple:
@@ -49,39 +68,60 @@ def _without_id(wire: WireRecord) -> tuple:
     return wire.topic, wire.key, record, headers
 
 
-def _loggable(meta: dict, arrays: dict, worker_log: bool = True) -> tuple:
-    """What the gateway's loop logs for `meta` and `arrays`: (meta, request, prediction, action);
+def _loggable(fields: dict, arrays: dict, worker_log: bool = True) -> tuple:
+    """What the gateway's loop logs for `fields` and `arrays`: (fields, request, prediction);
     the prediction with the worker's scoring log, or without one (the loop writes it)."""
     split = by_kind(arrays)
-    request = InferRequest(meta["request_id"], split["inputs"], 1)
+    request = InferRequest(fields["request_id"], split["inputs"], 1)
     outputs = split["outputs"]
     log = scoring_log(request.inputs, outputs) if worker_log else None
     prediction = Prediction(outputs, 1.0, 1, log) if outputs else None
-    return meta, request, prediction, split["action"]
+    return fields, request, prediction
 
 
-def _handed_over(meta: dict, arrays: dict, worker_log: bool = True) -> bytes:
-    return serialised(*_loggable(meta, arrays, worker_log))
+def _handed_over(fields: dict, arrays: dict, worker_log: bool = True) -> tuple[bytes, bytes]:
+    return serialised(*_loggable(fields, arrays, worker_log))
+
+
+def test_v2_tensors_are_written_as_a_plain_dict_per_tensor_writes_them():
+    rng = np.random.default_rng(1)
+    arrays = {"f4": rng.random((2, 3), dtype=np.float32), "f8": rng.random(4) / 7,
+              "i8": rng.integers(-5, 5, (3, 1)), "u1": np.arange(4, dtype=np.uint8), "b": np.array([[True, False]]),
+              "cube": np.arange(12, dtype=np.int32).reshape(2, 3, 2), "none": np.ones((), dtype=np.float32),
+              "fortran": np.asfortranarray(rng.random((3, 2))), "empty": np.zeros((0, 3), dtype=np.float32),
+              "nan": np.array([np.nan, np.inf, -1.5])}
+    for _ in range(2):  # the second time from the cached prefixes
+        assert tensors_json(arrays) == orjson.dumps(_plain_tensors(arrays), option=orjson.OPT_SERIALIZE_NUMPY)
+    assert tensors_json({}) == b"[]"
+    with pytest.raises(TypeError):
+        tensors_json({"s": np.array(["a", "b"])})
 
 
 def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     cases = [_event(rows, action) for rows, action in [(1, True), (7, True), (2, False)]]
-    cases[2][0]["instance"] = "höst-2"  # non-ASCII names survive
-    meta, arrays = _event(3, True)
+    cases[2][0]["gateway_instance"] = "höst-2"  # non-ASCII names survive
+    fields, arrays = _event(3, True)
     arrays["outputs/probabilities"] = np.asfortranarray(arrays["outputs/probabilities"])  # not C-contiguous
     arrays["outputs/embedding"] = np.arange(3 * 2 * 2, dtype=np.float64).reshape(3, 2, 2) / 7  # three dimensions
     arrays["outputs/score"] = np.float32(0.25) * np.ones((), dtype=np.float32)  # none
-    cases.append((meta, arrays))
+    cases.append((fields, arrays))
     failed = dict(_event(1, False)[0], status="error", error="model failed")  # no outputs
     cases.append((failed, {"inputs/input": _event(1, False)[1]["inputs/input"]}))
 
-    data = frame([_handed_over(m, a, worker_log=i % 2 == 0) for i, (m, a) in enumerate(cases)])
+    data = frame([part for i, (f, a) in enumerate(cases) for part in _handed_over(f, a, worker_log=i % 2 == 0)])
     wires, used, broken = wires_from_batches(data + data[:40], "scoring.events")  # a batch cut short stays unread
     assert (used, broken) == (len(data), 0)
     assert len(wires) == len(cases)
-    for wire, (m, a) in zip(wires, cases):
-        assert _without_id(wire) == _without_id(to_wire(scoring_event(m, a), "scoring.events"))
-    assert dict(wires[2].headers)["ce_source"] == "/gateway/höst-2".encode()
+    for wire, (f, a) in zip(wires, cases):
+        topic, key, record, headers = _without_id(wire)
+        assert (topic, key, record) == ("scoring.events", f["request_id"].encode(), _plain_record(f, a))
+        # the order the drift consumer's fast path reads (gateway.drift.decode): tensors before the action
+        assert list(record) == ["schema_version", "timestamp", *FIELDS[:11], "inputs", "outputs", *FIELDS[11:]]
+        assert headers == {"ce_specversion": b"1.0", "ce_type": b"dev.scoring-gateway.scoring.v1",
+                           "ce_source": b"/gateway/" + f["gateway_instance"].encode(),
+                           "ce_time": record["timestamp"].encode(), "content-type": b"application/json",
+                           "model": b"wine", "model_version": f["model_version"].encode(), "schema_version": b"1"}
+        assert _without_id(wire) == _without_id(scoring_event(f, a))
 
 
 class _Doubler:
@@ -106,10 +146,9 @@ def test_the_worker_writes_the_scoring_log_of_the_requests_the_gateway_logs():
 
 
 def test_an_event_the_shipper_cannot_build_is_dropped_alone_and_reported():
-    meta, arrays = _event(2, True)
-    good = _handed_over(meta, arrays)
-    malformed = orjson.dumps([{"ts": 1.0}, [], {}])  # not an event: a gateway bug
-    data = frame([good, malformed, good])
+    good = _handed_over(*_event(2, True))
+    malformed = (orjson.dumps([{"ts_ms": 1}]), b"{}")  # not an event: a gateway bug
+    data = frame([*good, *malformed, *good])
     wires, used, broken = wires_from_batches(data, "scoring.events")
     assert (len(wires), broken, used) == (2, 1, len(data))
 
@@ -162,7 +201,7 @@ def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
 def _frame(i: int) -> bytes:
     """Batches of one event, of varying size, the request id numbering them."""
     meta, arrays = _event(i % 7 + 1, i % 2 == 0)
-    return frame([_handed_over({**meta, "request_id": str(i)}, arrays)])
+    return frame([*_handed_over({**meta, "request_id": str(i)}, arrays)])
 
 
 def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
@@ -275,4 +314,4 @@ def test_the_shipper_gets_every_event_but_one_that_cannot_be_serialised_which_is
     wires, lost, whole = asyncio.run(scenario())
     assert [w.key for w in wires] == [b"0", b"2"] and lost == 1 and whole
     expected = scoring_event({**_event(2, True)[0], "request_id": "2"}, _event(2, True)[1])
-    assert _without_id(wires[1]) == _without_id(to_wire(expected, "scoring.events"))
+    assert _without_id(wires[1]) == _without_id(expected)

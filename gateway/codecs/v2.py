@@ -15,7 +15,8 @@ import orjson
 from gateway.errors import BadRequest
 from gateway.models.repository import TensorSpec
 
-from .datatypes import NUMERIC, V2_TO_NUMPY, v2_datatype
+from .datatypes import NUMERIC, V2_TO_NUMPY
+from .json_tensors import tensors_json
 
 
 @dataclass
@@ -118,21 +119,9 @@ def decode_infer_request(body: bytes, inputs: tuple[TensorSpec, ...], outputs: t
     return InferRequest(request_id, arrays, n, parameters, names)
 
 
-def tensor_of(name: str, datatype: str, shape: list[int], data: Any) -> dict[str, Any]:
-    """A V2 tensor as JSON takes it; responses and event records alike (their bytes must agree)."""
-    return {"name": name, "datatype": datatype, "shape": shape, "data": data}
-
-
-def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    return tensor_of(name, v2_datatype(array.dtype), list(array.shape), array.ravel())
-
-
 def encode_infer_response(model: str, version: str, request_id: str, outputs: dict[str, np.ndarray],
                           requested: list[str] | None) -> bytes:
     if requested is not None:
         outputs = {n: outputs[n] for n in requested if n in outputs}
-    return orjson.dumps(
-        {"model_name": model, "model_version": version, "id": request_id,
-         "outputs": [tensor(n, a) for n, a in outputs.items()]},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
+    return orjson.dumps({"model_name": model, "model_version": version, "id": request_id,
+                         "outputs": orjson.Fragment(tensors_json(outputs))})

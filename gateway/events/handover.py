@@ -1,30 +1,29 @@
 """How scoring events cross from the gateway to the event shipper: the gateway's request loop
-hands over what each record needs, the shipper, on the other core, builds the records.
+hands over what each record needs, the shipper, on the other core, makes the Kafka records.
 
 The request loop is the process that saturates first, so it does as little per event as it can.
 The worker that scores a request the gateway will log also writes its scoring log (inputs and
-outputs as nested lists with their layouts: scorers.protocol.scoring_log) on its own core, and
-sends it back with the answer. The loop serialises the event's scalars and the served action
-around that log, embedded as it is (`serialised`), and every 2 ms writes the events since the
-last flush to the shipper's socket in one frame (`frame`). The shipper builds each Kafka record
-from them (`wires_from_batches`): byte for byte the record of the gateway's own arrays, as
-orjson writes a number read from its own output back as the same text (pinned by a test).
+outputs as the record holds them: scorers.protocol.scoring_log) on its own core, and sends it
+back with the answer. The loop writes the event's fields (records.FIELDS) in one orjson call
+(`serialised`), and every 2 ms writes the events since the last flush to the shipper's socket
+in one frame (`frame`). The shipper joins each event's parts into its Kafka record
+(`wires_from_batches`, records.wire_of), reading only the fields.
 
-A frame on the socket is a little-endian u32 length, then the JSON list of events."""
+A frame on the socket is a little-endian u32 length, then the body: a u32 count of parts,
+each part's u32 length, then the parts back to back; an event is two parts, its fields and its
+scoring log."""
 from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
-from gateway.codecs.datatypes import v2_datatype_of
-from gateway.codecs.v2 import tensor_of
-from gateway.events.records import event_record, to_wire
+from gateway.codecs.json_tensors import contiguous
+from gateway.events.records import wire_of
 from gateway.events.spool import WireRecord
-from scorers.protocol import MAX_FRAME, contiguous, scoring_log
+from scorers.protocol import MAX_FRAME, scoring_log
 
 log = logging.getLogger("gateway.events")
 
@@ -35,48 +34,23 @@ if TYPE_CHECKING:
 LENGTH = struct.Struct("<I")
 
 
-def serialised(meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
-               action: Mapping[str, np.ndarray]) -> bytes:
-    """One model's answer to `request` as the shipper reads it. The inputs and outputs come as
-    the worker wrote them (`Prediction.log`), embedded, not re-encoded; the loop writes them
-    itself only when the worker did not (a failed answer, or one it could not serialise).
+def serialised(fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> tuple[bytes, bytes]:
+    """One model's answer to `request` as the shipper reads it: the event's fields (records.FIELDS)
+    and the request's scoring log, as the worker wrote it (`Prediction.log`); the loop writes
+    the log itself only when the worker did not (a failed answer, or one it could not write).
     Raises TypeError if the event cannot be serialised."""
-    log = prediction.log if prediction is not None else None
-    if log is None:
-        log = scoring_log(request.inputs, prediction.outputs if prediction is not None else {})
-    return orjson.dumps((meta, orjson.Fragment(log), action), option=orjson.OPT_SERIALIZE_NUMPY,
-                        default=contiguous)
+    written = prediction.log if prediction is not None else None
+    if written is None:
+        written = scoring_log(request.inputs, prediction.outputs if prediction is not None else {})
+    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY, default=contiguous), written
 
 
-def frame(events: list[bytes]) -> bytes:
-    """One frame of `serialised` events: the length, then the JSON list of them."""
-    body = b"[" + b",".join(events) + b"]"
-    return LENGTH.pack(len(body)) + body
-
-
-def _flat(values: Any, ndim: int) -> list:
-    """An array written as nested lists, as its flat data list (row-major, like ndarray.ravel)."""
-    if ndim == 1:
-        return values
-    if ndim == 0:
-        return [values]
-    for _ in range(ndim - 1):
-        values = [v for inner in values for v in inner]
-    return values
-
-
-def _tensors(arrays_layout: list, arrays: dict[str, Any]) -> list[dict[str, Any]]:
-    """The record's V2 tensors from arrays read back with their layout."""
-    return [tensor_of(name, v2_datatype_of(dtype_str), shape, _flat(arrays[name], len(shape)))
-            for name, dtype_str, shape in arrays_layout]
-
-
-def record_of(event: list) -> dict[str, Any]:
-    """The scoring event record of one event read back from a batch: the scalars
-    (event_record's meta), the request's scoring log (input layout, inputs, output layout,
-    outputs) and the action."""
-    meta, (input_layout, inputs, output_layout, outputs), action = event
-    return event_record(meta, _tensors(input_layout, inputs), _tensors(output_layout, outputs), action)
+def frame(parts: list[bytes]) -> bytes:
+    """One frame of `serialised` events' parts, in order."""
+    count = len(parts)
+    head = struct.pack(f"<I{count}I", count, *map(len, parts))
+    body_len = len(head) + sum(map(len, parts))
+    return b"".join((LENGTH.pack(body_len), head, *parts))
 
 
 def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, int]:
@@ -91,11 +65,17 @@ def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, 
         end = pos + LENGTH.size + length
         if end > size:
             break
-        for one in orjson.loads(memoryview(data)[pos + LENGTH.size : end]):
+        (count,) = LENGTH.unpack_from(data, pos + LENGTH.size)
+        lengths = struct.unpack_from(f"<{count}I", data, pos + 2 * LENGTH.size)
+        at = pos + (2 + count) * LENGTH.size
+        for i in range(0, count - 1, 2):
+            fields_end = at + lengths[i]
+            log_end = fields_end + lengths[i + 1]
             try:
-                wires.append(to_wire(record_of(one), topic))
+                wires.append(wire_of(data[at:fields_end], data[fields_end:log_end], topic))
             except Exception:  # a gateway bug, not a reason to lose the rest of the batch
                 broken += 1
                 log.exception("scoring event could not be made into a record; dropped")
+            at = log_end
         pos = end
     return wires, pos, broken

@@ -1,20 +1,26 @@
 """The scoring event record (schema version 1, documented in docs/events.md) and its Kafka
-form (`to_wire`): JSON value, request-id key, CloudEvents binary-mode headers. The event
-shipper builds them (from what the gateway hands it, gateway.events.handover); tests and
-benchmarks build them from arrays (`scoring_event`)."""
+form (`wire_of`): JSON value, request-id key, CloudEvents binary-mode headers.
+
+Three processes write a record's value, each its own part, so that none of them parses or
+re-writes another's: the worker that scored the request writes its inputs and outputs as V2
+tensors (scorers.protocol.scoring_log: `{"inputs":[...],"outputs":[...]}`); the gateway's
+loop writes the event's fields (`FIELDS`, a JSON object, gateway.events.handover); the event
+shipper reads the fields, adds the schema version, an event id and the ISO timestamp, and
+joins the three (`wire_of`). Tests and benchmarks build records from arrays (`scoring_event`).
+"""
 from __future__ import annotations
 
 import hashlib
 import itertools
 import os
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import orjson
 
-from gateway.codecs.v2 import tensor
 from gateway.events.spool import WireRecord
+from scorers.protocol import scoring_log
 
 SCHEMA_VERSION = 1
 CE_TYPE = "dev.scoring-gateway.scoring.v1"
@@ -38,64 +44,58 @@ def sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(digest, "big") < rate * 2**64
 
 
-_SECOND: list = [None, ""]  # the last whole second formatted, reused by the events within it
+_SECOND: list = [None, b""]  # the last whole second formatted, reused by the events within it
 
 
-def _iso_utc(ts: float) -> str:
-    second = int(ts)
+def _iso_utc(ts_ms: int) -> bytes:
+    second, ms = divmod(ts_ms, 1000)
     if _SECOND[0] != second:
         _SECOND[0] = second
-        _SECOND[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{_SECOND[1]}.{int((ts - second) * 1000):03d}Z"
+        _SECOND[1] = datetime.fromtimestamp(second, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.").encode()
+    return b"%s%03dZ" % (_SECOND[1], ms)
 
 
-def tensors(arrays: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    return [tensor(name, array) for name, array in arrays.items()]
+# What the gateway's loop writes of each record, in this order (the loop writes them as a dict
+# literal, gateway.service; the JSON Schema says what each means): `ts_ms` is when the model
+# answered, `action` what the caller was served ({"model_version", "outputs"}, or null). The
+# record has them in this order too, with `inputs` and `outputs` inserted before `action`.
+FIELDS = ("ts_ms", "request_id", "model_name", "model_version", "role", "route", "arm", "reason", "served",
+          "status", "error", "action", "latency_ms", "gateway_instance", "sample_rate")
 
 
 def by_kind(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Arrays named `inputs/<name>`, `outputs/<name>`, `action/<name>`, split by kind."""
-    split: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}, "action": {}}
+    """Arrays named `inputs/<name>`, `outputs/<name>`, split by kind."""
+    split: dict[str, dict[str, np.ndarray]] = {"inputs": {}, "outputs": {}}
     for key, array in arrays.items():
         kind, _, name = key.partition("/")
         split[kind][name] = array
     return split
 
 
-def scoring_event(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """`event_record` from arrays named as `by_kind` takes them: for code that holds a model's
-    arrays (tests, benchmarks)."""
+def scoring_event(fields: dict[str, Any], arrays: dict[str, np.ndarray], topic: str = "scoring.events") -> WireRecord:
+    """The Kafka record of `fields` (`FIELDS`) and the model's arrays, named as `by_kind` takes
+    them: for code that holds them (tests, benchmarks); the gateway's parts go the same way."""
     split = by_kind(arrays)
-    return event_record(meta, tensors(split["inputs"]), tensors(split["outputs"]), split["action"])
+    return wire_of(orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY), scoring_log(split["inputs"], split["outputs"]),
+                   topic)
 
 
-def event_record(meta: dict[str, Any], inputs: list, outputs: list, action: Mapping[str, Any]) -> dict[str, Any]:
-    """The record from `meta` (scalars, `ts` in Unix seconds, `action_version`), the inputs and
-    outputs as V2 tensors (`tensors`) and the served action's arrays (or nested lists)."""
-    ts = meta["ts"]
-    action_version = meta.get("action_version")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "event_id": new_id(),
-        "timestamp": _iso_utc(ts),
-        "ts_ms": int(ts * 1000),
-        "request_id": meta["request_id"],
-        "model_name": meta["model_name"],
-        "model_version": meta["model_version"],
-        "role": meta["role"],
-        "route": meta["route"],
-        "arm": meta.get("arm"),
-        "reason": meta.get("reason"),
-        "served": meta["served"],
-        "status": meta["status"],
-        "error": meta.get("error"),
-        "inputs": inputs,
-        "outputs": outputs,
-        "action": None if action_version is None else {"model_version": action_version, "outputs": action},
-        "latency_ms": round(meta["latency_ms"], 3),
-        "gateway_instance": meta["instance"],
-        "sample_rate": meta.get("sample_rate", 1.0),
-    }
+_VALUE_START = b'{"schema_version":%d,"event_id":"' % SCHEMA_VERSION
+_ACTION = b',"action":'
+
+
+def wire_of(fields_json: bytes, log: bytes, topic: str) -> WireRecord:
+    """The Kafka record of one event: the loop's `fields_json` and the worker's scoring `log`
+    joined into the value, unread but for the fields the key and headers need. The log goes
+    before `action`, where the drift consumer's fast path expects the tensors (a JSON string
+    cannot hold `,"action":` unescaped, so the first one is the key)."""
+    fields = orjson.loads(fields_json)
+    cut = fields_json.index(_ACTION)
+    event_id = new_id().encode()
+    timestamp = _iso_utc(fields["ts_ms"])
+    value = b"".join((_VALUE_START, event_id, b'","timestamp":"', timestamp, b'",', fields_json[1:cut], b",",
+                      log[1:-1], fields_json[cut:]))
+    return WireRecord(topic, fields["request_id"].encode(), value, _headers(event_id, timestamp, fields))
 
 
 # CloudEvents headers that are the same for every record, or for every record of one
@@ -107,8 +107,8 @@ _SCHEMA = ("schema_version", str(SCHEMA_VERSION).encode())
 _SOURCE_HEADERS: dict[tuple[str, str, str], tuple[tuple[str, bytes], ...]] = {}
 
 
-def _headers(record: dict[str, Any]) -> list[tuple[str, bytes]]:
-    triple = (record["gateway_instance"], record["model_name"], record["model_version"])
+def _headers(event_id: bytes, timestamp: bytes, fields: dict[str, Any]) -> list[tuple[str, bytes]]:
+    triple = (fields["gateway_instance"], fields["model_name"], fields["model_version"])
     source = _SOURCE_HEADERS.get(triple)
     if source is None:
         if len(_SOURCE_HEADERS) > 10_000:
@@ -116,11 +116,5 @@ def _headers(record: dict[str, Any]) -> list[tuple[str, bytes]]:
         instance, model, version = (part.encode() for part in triple)
         source = _SOURCE_HEADERS[triple] = (
             ("ce_source", b"/gateway/" + instance), ("model", model), ("model_version", version))
-    return [_SPEC, ("ce_id", record["event_id"].encode()), _TYPE, source[0], ("ce_time", record["timestamp"].encode()),
-            _CONTENT_TYPE, source[1], source[2], _SCHEMA]
-
-
-def to_wire(record: dict[str, Any], topic: str) -> WireRecord:
-    """The Kafka record: JSON value, request-id key, CloudEvents binary-mode headers."""
-    return WireRecord(topic, record["request_id"].encode(), orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY),
-                      _headers(record))
+    return [_SPEC, ("ce_id", event_id), _TYPE, source[0], ("ce_time", timestamp), _CONTENT_TYPE, source[1], source[2],
+            _SCHEMA]

@@ -21,9 +21,8 @@ import os
 import signal
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
 import orjson
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
@@ -95,19 +94,18 @@ class EventShipper:
         reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         self._reader = asyncio.create_task(self._read(reader))
 
-    def log(self, meta: dict[str, Any], request: InferRequest, prediction: Prediction | None,
-            action: Mapping[str, np.ndarray]) -> None:
-        """Serialises what the event's record needs (handover.serialised); the events since the
-        last flush reach the shipper together, every 2 ms."""
+    def log(self, fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> None:
+        """Serialises the event's fields (records.FIELDS) around the worker's scoring log
+        (handover.serialised); the events since the last flush reach the shipper together, every 2 ms."""
         try:
-            event = serialised(meta, request, prediction, action)
+            parts = serialised(fields, request, prediction)
         except TypeError:  # one event that cannot be serialised must not take others with it
             self.lost += 1
             log.exception("scoring event not serialisable; dropped and counted as unshipped")
             return
         if not self._outbox:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
-        self._outbox.append(event)
+        self._outbox += parts
 
     def _flush(self) -> None:
         pending, self._outbox = self._outbox, []
@@ -115,7 +113,7 @@ class EventShipper:
             return  # already flushed (stop() flushes at once)
         writer = self._writer
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
-            self.lost += len(pending)  # the shipper is gone or not reading: never block, never grow without bound
+            self.lost += len(pending) // 2  # the shipper is gone or not reading: never block, never grow without bound
             return
         writer.write(frame(pending))
 
