@@ -17,7 +17,8 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record import default_records
 from aiokafka.record.memory_records import MemoryRecords
 
-from gateway.events.logger import EventLogger, _lz4_fast_level, murmur2, use_fast_lz4
+from gateway.events.logger import EventLogger, _lz4_fast_level, use_fast_lz4
+from gateway.events.partitions import murmur2, partitions_of
 from gateway.codecs.v2 import InferRequest
 from gateway.events.handover import frame, serialised, wires_from_batches
 from gateway.codecs.datatypes import NUMPY_TO_V2
@@ -162,12 +163,12 @@ def test_split_frames_copies_unless_told_not_to():
     assert decode_arrays(*parsed[0])["x"].tolist() == [0, 1, 2]
 
 
-def test_murmur2_matches_kafkas():
+def test_keys_are_partitioned_as_kafkas_default_partitioner_does():
     rng = random.Random(3)
-    for length in range(0, 70):
-        for _ in range(20):
-            key = bytes(rng.getrandbits(8) for _ in range(length))
-            assert murmur2(key) == aiokafka_murmur2(key), key
+    keys = [bytes(rng.getrandbits(8) for _ in range(length)) for length in range(70) for _ in range(20)]
+    rng.shuffle(keys)  # lengths mixed in one burst, as client-chosen request ids are
+    assert murmur2(keys).tolist() == [aiokafka_murmur2(key) for key in keys]
+    assert partitions_of(keys, 6).tolist() == [(aiokafka_murmur2(key) & 0x7FFFFFFF) % 6 for key in keys]
 
 
 def test_fast_lz4_batches_decode_to_the_same_records():

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka import codec
 from aiokafka.record import default_records
@@ -28,6 +28,7 @@ from aiokafka.record import default_records
 from gateway.config import KafkaConfig
 
 from . import metrics
+from .partitions import partitions_of
 from .spool import DiskSpool, WireRecord
 from .topics import ensure_topics
 
@@ -60,48 +61,28 @@ def use_fast_lz4() -> None:
     c_records.lz4_encode = _lz4_fast_level
 
 
-_M = 0x5BD1E995
-_MASK = 0xFFFFFFFF
+def _append(batch: Any, wires: list[WireRecord], start: int) -> int:
+    """Appends wires[start:] to an aiokafka batch until it is full; returns where it stopped.
 
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (org.apache.kafka.common.utils.Utils.murmur2), as aiokafka's, but reading
-    the key a 32-bit word at a time: a quarter of the Python operations per key."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length // 4
-    for k in struct.unpack_from(f"<{words}I", data):
-        k = (k * _M) & _MASK
-        k = ((k ^ (k >> 24)) * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    tail = length & 3
-    if tail:
-        base = words * 4
-        if tail >= 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h = ((h ^ data[base]) * _M) & _MASK
-    h = ((h ^ (h >> 13)) * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-class _Partitioner:
-    """Kafka's default key partitioning (murmur2, as the Java client does), so other producers
-    writing the same request id (ground truth, say) land in the same partition; memoised
-    because a request's champion and challenger events share the key."""
-
-    def __init__(self, partitions: int):
-        self.partitions = partitions
-        self._memo: dict[bytes, int] = {}
-
-    def __call__(self, key: bytes) -> int:
-        partition = self._memo.get(key)
-        if partition is None:
-            if len(self._memo) > 20_000:
-                self._memo.clear()
-            partition = self._memo[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
-        return partition
+    Straight to the batch's record builder (C when aiokafka's extension is built) when the
+    batch has one: aiokafka's per-record wrapper cost as much as the builder itself. The
+    wrapper's bookkeeping (the next relative offset) is kept as it keeps it."""
+    builder = getattr(batch, "_builder", None)
+    if builder is None or not hasattr(batch, "_relative_offset"):  # another aiokafka: its public path
+        end = start
+        while end < len(wires) and batch.append(key=wires[end].key, value=wires[end].value, timestamp=None,
+                                                headers=wires[end].headers) is not None:
+            end += 1
+        return end
+    offset, end = batch._relative_offset, start
+    append = builder.append
+    for wire in wires[start:] if start else wires:
+        if append(offset, None, wire.key, wire.value, wire.headers) is None:
+            break
+        offset += 1
+        end += 1
+    batch._relative_offset = offset
+    return end
 
 
 class EventLogger:
@@ -139,7 +120,7 @@ class EventLogger:
             request_timeout_ms=30_000, retry_backoff_ms=200,
         )
         self._producer: AIOKafkaProducer | None = None
-        self._partitioner: _Partitioner | None = None  # learnt from each new producer's metadata
+        self._partitions: int | None = None  # learnt from each new producer's metadata
         # Records already serialised (WireRecords), so the drain only packs them into batches.
         self._queue: deque[WireRecord] = deque()
         self._queue_size = queue_size
@@ -212,7 +193,7 @@ class EventLogger:
                     await ensure_topics(self._producer_args["bootstrap_servers"], *self._create_topics)
                     self._create_topics = None
                 await producer.start()
-                self._partitioner = None
+                self._partitions = None
             except Exception as exc:
                 await self._close(producer)
                 log.warning("Kafka not reachable (%s); events go to the spool; retrying in %.1f s", exc, delay)
@@ -267,22 +248,16 @@ class EventLogger:
         Returns each batch's future with its records. Raises if Kafka does not take a batch.
         """
         producer = self._producer
-        partitioner = self._partitioner
-        if partitioner is None:
-            partitioner = self._partitioner = _Partitioner(len(await producer.partitions_for(self.topic)))
-        groups: dict[int, list[WireRecord]] = {}
-        for wire in wires:
-            groups.setdefault(partitioner(wire.key), []).append(wire)
+        if self._partitions is None:
+            self._partitions = len(await producer.partitions_for(self.topic))
+        partition_of = partitions_of([wire.key for wire in wires], self._partitions)
         sent = []
-        for partition, group in groups.items():
+        for partition in np.unique(partition_of).tolist():
+            group = [wires[i] for i in np.flatnonzero(partition_of == partition).tolist()]
             start = 0
             while start < len(group):
                 batch = producer.create_batch()
-                end = start
-                while end < len(group) and batch.append(
-                        key=group[end].key, value=group[end].value, timestamp=None,
-                        headers=group[end].headers) is not None:
-                    end += 1
+                end = _append(batch, group, start)
                 if end == start:
                     raise ValueError(f"an event of {len(group[start].value)} bytes exceeds the producer's batch size")
                 future = await producer.send_batch(batch, self.topic, partition=partition)
