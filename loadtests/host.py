@@ -51,6 +51,22 @@ def _cpu_seconds(pid: int) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def thread_cpu_seconds(pid: int, name_contains: str) -> float:
+    """CPU seconds so far of the threads of `pid` whose name holds `name_contains` (e.g. a JVM's
+    "CompilerThread"s: a fresh broker's JIT, which a long-running one has finished)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if name_contains not in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
+                continue
+            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
 def _machine_jiffies() -> tuple[int, int, int]:
     """(busy, steal, total) jiffies over all cores since boot; steal is time the hypervisor gave
     to other guests, which no process here can see but which slows everything in a VM."""

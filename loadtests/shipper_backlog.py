@@ -13,29 +13,11 @@ import argparse
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests import servers
 from loadtests.compare_builds import _worktree
-from loadtests.logging_cost import _gateway, closed_loop
-
-
-def _counts(url: str) -> dict[str, float]:
-    """Model answers, and events by the shipper's outcome, from the gateway's /metrics."""
-    text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-    counts = {"answers": 0.0}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "gateway_model_requests_total":
-                counts["answers"] += sample.value
-            elif sample.name == "gateway_events_total":
-                counts[sample.labels["outcome"]] = counts.get(sample.labels["outcome"], 0.0) + sample.value
-            elif sample.name == "gateway_events_unshipped_total":
-                counts["unshipped"] = sample.value
-    return counts
+from loadtests.logging_cost import _gateway, closed_loop, counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         stopped = time.monotonic()
         for after in args.after:
             time.sleep(max(0.0, stopped + after - time.monotonic()))
-            c = _counts(server.url)
+            c = counts(server.url)
             print(f"  {after:4.0f} s after: answers {c['answers']:,.0f}, events queued {c.get('queued', 0):,.0f}, "
                   f"delivered {c.get('delivered', 0):,.0f}, spooled {c.get('spooled', 0):,.0f}, "
                   f"dropped {c.get('dropped', 0):,.0f}, unshipped {c.get('unshipped', 0):,.0f}", flush=True)

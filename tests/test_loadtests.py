@@ -269,3 +269,22 @@ def test_a_server_pause_shows_in_open_loop_percentiles_but_not_in_closed_loop() 
     assert closed_loop["latency_ms"]["max"] >= 0.8 * pause_ms  # the stall happened to it too ...
     assert closed_loop["latency_ms"]["p99"] < 0.2 * pause_ms  # ... but its percentiles hide it
     assert closed_loop["measured_requests"] > 100 * 4  # the 4 stalled requests are far below 1%
+
+
+# --- the logging-cost benchmark's verdict -----------------------------------------------------
+
+def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_with_kafka() -> None:
+    from loadtests.logging_cost import summarise
+
+    def side(rate: float, queued: float = 1.0, spooled: float = 0.0) -> dict:
+        return {"achieved_rate": rate, "shipped": {"queued": queued, "delivered": queued, "spooled": spooled}}
+
+    cpu = {"us_per_request": {"machine": 100.0}}
+    slices = [{"off": side(1000), "on": side(900)},
+              {"off": side(1000), "on": side(1200, queued=0.5)},  # deferred its logging: not counted
+              {"off": side(1000), "on": side(1100, spooled=1.0)},  # Kafka stalled, events spooled: not counted
+              {"off": side(1200), "on": side(1020)}]
+    summary = summarise([{"off": cpu, "on": cpu}], slices)
+    assert summary["slices_kept_up"] == "2 of 4"
+    assert summary["closed_ratio"] == round(1920 / 2200, 3)
+    assert summary["closed_pair_ratio_median"] == round((0.9 + 0.85) / 2, 3)
