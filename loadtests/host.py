@@ -46,7 +46,7 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float | None:
+def process_cpu_seconds(pid: int) -> float | None:
     fields = _stat_fields(pid)
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
 
@@ -87,7 +87,7 @@ def sample_cpu(watch: dict[str, int]) -> CpuSample:
     """Takes a sample of the machine and of each watched process tree (name -> root pid)."""
     trees = {}
     for name, pid in watch.items():
-        trees[name] = {p: s for p in process_tree(pid) if (s := _cpu_seconds(p)) is not None}
+        trees[name] = {p: s for p in process_tree(pid) if (s := process_cpu_seconds(p)) is not None}
     return CpuSample(_machine_jiffies(), trees)
 
 

@@ -277,7 +277,8 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_with_kafka() -> No
     from loadtests.logging_cost import summarise
 
     def side(rate: float, queued: float = 1.0, spooled: float = 0.0) -> dict:
-        return {"achieved_rate": rate, "shipped": {"queued": queued, "delivered": queued, "spooled": spooled}}
+        return {"achieved_rate": rate,
+                "shipped": {"answers": 100.0, "queued": queued, "delivered": queued, "spooled": spooled}}
 
     cpu = {"us_per_request": {"machine": 100.0}}
     slices = [{"off": side(1000), "on": side(900)},
@@ -288,3 +289,5 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_with_kafka() -> No
     assert summary["slices_kept_up"] == "2 of 4"
     assert summary["closed_ratio"] == round(1920 / 2200, 3)
     assert summary["closed_pair_ratio_median"] == round((0.9 + 0.85) / 2, 3)
+    assert summary["shipped"] == {"queued": round(3.5 / 4, 3), "delivered": round(3.5 / 4, 3), "spooled": 0.25}
+    assert not summary["shipper_kept_up"]  # a run that deferred an eighth of its events is flagged

@@ -251,14 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # The gateway decides when the shipper stops: a process group of its own keeps a terminal's
     # Ctrl-C away from it. Not a session of its own: with autogroup scheduling a session is a
-    # scheduling group, weighed like the whole gateway, and the nice below would do nothing.
+    # scheduling group, weighed like the whole gateway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
     os.setpgid(0, 0)
-    # Logging is background work: when cores are short, requests get them first and the
-    # shipper catches up from its queue (then its spool) in the gaps. SCHED_BATCH: a shipper
-    # waking up waits for the running request to finish its slice instead of preempting it.
-    os.nice(10)
+    # Logging must keep up with what it logs and never preempt a request. SCHED_BATCH: a shipper
+    # waking up waits for the running request to finish its slice instead of preempting it. At
+    # the gateway's own priority: niced (10), it got ~5% of a core when every core was busy
+    # against the ~10% it needed, its own confirmations came seconds late, and the stall
+    # detection took a healthy broker for a slow one and spooled (docs/benchmarks/logging-cost.md).
     if hasattr(os, "sched_setscheduler"):  # Linux
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[shipper]: %(message)s")

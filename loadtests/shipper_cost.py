@@ -1,0 +1,97 @@
+"""The event shipper alone: what it costs per event, without a gateway competing for the cores.
+
+Starts the real shipper process (gateway.events.shipper.EventShipper, as the gateway starts it)
+against a Kafka broker, hands it the events of shadowed requests (a champion and a challenger
+event each, the demo wine model's inputs and outputs, written as the workers write them) at a
+fixed rate, and reads the shipper's CPU time from /proc over a few windows.
+
+    deploy/with-kafka.sh .venv/bin/python -m loadtests.shipper_cost --rate 2000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+from loadtests import host, servers
+
+
+def _settings(bootstrap: str, spool: str) -> dict[str, Any]:
+    """The shipper's settings as gateway.server builds them from config/demo.yaml's defaults."""
+    from gateway.config import KafkaConfig
+
+    kafka = KafkaConfig()
+    return {"bootstrap_servers": bootstrap, "topic": "scoring.events", "spool_dir": spool,
+            "spool_max_bytes": kafka.spool.max_bytes, "spool_segment_bytes": kafka.spool.segment_bytes,
+            "spool_fsync": kafka.spool.fsync, "queue_size": kafka.queue_size, "linger_ms": kafka.linger_ms,
+            "compression": "lz4", "stall_timeout": kafka.stall_timeout_ms / 1000,
+            "create_topics": [["scoring.events"], 6, 1]}
+
+
+async def measure(bootstrap: str, rate: float, seconds: float, windows: int) -> list[float]:
+    """CPU µs of the shipper per shadowed request (two events), per window."""
+    from gateway.codecs.v2 import InferRequest
+    from gateway.events.records import new_id
+    from gateway.events.shipper import EventShipper
+    from gateway.parallel.pool import Prediction
+    from scorers.protocol import scoring_log
+
+    rng = np.random.default_rng(0)
+    row = rng.random((1, 13), dtype=np.float32)
+    outputs = {v: {"label": np.array([i]), "probabilities": rng.random((1, 3), dtype=np.float32)}
+               for i, v in enumerate(("1", "2"))}
+    predictions = {v: Prediction(o, 1.0, 1, scoring_log({"input": row}, o)) for v, o in outputs.items()}
+    action = {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
+    with tempfile.TemporaryDirectory(prefix="shipper-cost-") as spool:
+        shipper = EventShipper(_settings(bootstrap, spool))
+        await shipper.start()
+
+        async def feed(duration: float) -> int:
+            start, sent = time.monotonic(), 0
+            while (elapsed := time.monotonic() - start) < duration:
+                while sent < int(elapsed * rate):
+                    request_id = new_id()
+                    request = InferRequest(request_id, {"input": row}, 1)
+                    for version, role in (("1", "champion"), ("2", "challenger")):
+                        shipper.log({"ts_ms": time.time_ns() // 1_000_000, "request_id": request_id,
+                                     "model_name": "wine", "model_version": version, "role": role, "route": "shadow",
+                                     "arm": version, "reason": "shadow", "served": role == "champion", "status": "ok",
+                                     "error": None, "action": action, "latency_ms": 1.234,
+                                     "gateway_instance": "bench", "sample_rate": 1.0}, request, predictions[version])
+                    sent += 1
+                await asyncio.sleep(0.002)
+            return sent
+
+        try:
+            await feed(seconds)  # connects, creates the topic, warms up
+            pid = shipper._process.pid
+            out = []
+            for _ in range(windows):
+                before = host.process_cpu_seconds(pid)
+                requests = await feed(seconds)
+                out.append(round((host.process_cpu_seconds(pid) - before) / requests * 1e6, 1))
+            return out
+        finally:
+            await shipper.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.shipper_cost", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000.0, help="shadowed requests per second (2 events each)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per window")
+    parser.add_argument("--windows", type=int, default=3)
+    args = parser.parse_args(argv)
+    with servers.kafka_broker() as (bootstrap, _):
+        us = asyncio.run(measure(bootstrap, args.rate, args.seconds, args.windows))
+    print(f"shipper CPU per shadowed request (2 events) at {args.rate:.0f} requests/s: {', '.join(map(str, us))} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
