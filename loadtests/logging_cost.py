@@ -37,6 +37,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -188,9 +189,9 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dic
     # Over all the slices, what the shipper queued and Kafka confirmed per model answer: what one
     # slice's window cuts off at its end it took in at its start, so the run-wide share is exact
     # to the lag at one end; it must be near 1, or the "on" figures deferred logging work.
-    answered = sum(s["on"]["shipped"]["answers"] for s in slices) or 1.0
-    out["shipped"] = {outcome: round(sum(s["on"]["shipped"]["answers"] * s["on"]["shipped"][outcome] for s in slices)
-                                     / answered, 3)
+    weights = [s["on"]["shipped"].get("answers", 1.0) for s in slices]  # runs before 3d938d7 lack them
+    out["shipped"] = {outcome: round(sum(w * s["on"]["shipped"][outcome] for w, s in zip(weights, slices))
+                                     / (sum(weights) or 1.0), 3)
                       for outcome in ("queued", "delivered", "spooled")}
     out["shipper_kept_up"] = out["shipped"]["queued"] >= KEEP_UP
     return out
@@ -277,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
                         help="override a `kafka:` setting of the config (e.g. linger_ms=100), both sides")
     parser.add_argument("--out", help="also write every figure here (JSON)")
+    parser.add_argument("--summarise", metavar="JSON", help="measure nothing: apply this version's verdict to a "
+                        "run's figures written by --out (e.g. docs/benchmarks/logging-cost/*.json)")
     args = parser.parse_args(argv)
+    if args.summarise:
+        data = orjson.loads(Path(args.summarise).read_bytes())
+        print(orjson.dumps(summarise(data["rounds"], data["slices"]), option=orjson.OPT_INDENT_2).decode())
+        return 0
     data = run(args)
     s = data["summary"]
     print(f"\nCPU per request (gateway tree + Kafka broker + load generator), median [min-max] over "
