@@ -32,6 +32,17 @@ ROUTES = {
 }
 
 
+def shadowed_events(request_id: str, action: dict) -> list[tuple[str, dict]]:
+    """(version, fields) of a shadowed request's two events on the demo wine route, the fields
+    (records.FIELDS) as gateway.service._log writes them."""
+    return [(version, {"ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "model_name": "wine",
+                       "model_version": version, "role": role, "route": "shadow", "arm": version,
+                       "reason": "shadow", "served": role == "champion", "status": "ok", "error": None,
+                       "action": action, "latency_ms": int(1.2345 * 1000) / 1000, "gateway_instance": "bench",
+                       "sample_rate": 1.0})
+            for version, role in (("1", "champion"), ("2", "challenger"))]
+
+
 def main(calls: int = 100_000) -> None:
     tracker = ExperimentTracker()
     for name, route in ROUTES.items():
@@ -56,12 +67,7 @@ def main(calls: int = 100_000) -> None:
         pending = []
         for _ in range(batch):
             request = InferRequest(new_id(), {"input": row}, 1)
-            for version, role in (("1", "champion"), ("2", "challenger")):
-                fields = {"ts_ms": time.time_ns() // 1_000_000, "request_id": request.id, "model_name": "wine",
-                          "model_version": version, "role": role, "route": "shadow", "arm": version,
-                          "reason": plan.reason, "served": role == "champion", "status": "ok", "error": None,
-                          "action": action, "latency_ms": int(1.2345 * 1000) / 1000, "gateway_instance": "bench",
-                          "sample_rate": 1.0}
+            for version, fields in shadowed_events(request.id, action):
                 pending += serialised(fields, request, predictions[version])
         return frame(pending)
 

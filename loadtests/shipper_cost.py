@@ -39,6 +39,7 @@ async def measure(bootstrap: str, rate: float, seconds: float, windows: int) -> 
     from gateway.events.records import new_id
     from gateway.events.shipper import EventShipper
     from gateway.parallel.pool import Prediction
+    from loadtests.policy_cost import shadowed_events
     from scorers.protocol import scoring_log
 
     rng = np.random.default_rng(0)
@@ -57,12 +58,8 @@ async def measure(bootstrap: str, rate: float, seconds: float, windows: int) -> 
                 while sent < int(elapsed * rate):
                     request_id = new_id()
                     request = InferRequest(request_id, {"input": row}, 1)
-                    for version, role in (("1", "champion"), ("2", "challenger")):
-                        shipper.log({"ts_ms": time.time_ns() // 1_000_000, "request_id": request_id,
-                                     "model_name": "wine", "model_version": version, "role": role, "route": "shadow",
-                                     "arm": version, "reason": "shadow", "served": role == "champion", "status": "ok",
-                                     "error": None, "action": action, "latency_ms": 1.234,
-                                     "gateway_instance": "bench", "sample_rate": 1.0}, request, predictions[version])
+                    for version, fields in shadowed_events(request_id, action):
+                        shipper.log(fields, request, predictions[version])
                     sent += 1
                 await asyncio.sleep(0.002)
             return sent

@@ -17,7 +17,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record import default_records
 from aiokafka.record.memory_records import MemoryRecords
 
-from gateway.events.logger import EventLogger, _lz4_fast_level, use_fast_lz4
+from gateway.events.logger import EventLogger, _append, _lz4_fast_level, use_fast_lz4
 from gateway.events.partitions import murmur2, partitions_of
 from gateway.codecs.v2 import InferRequest
 from gateway.events.handover import frame, serialised, wires_from_batches
@@ -177,11 +177,21 @@ def test_fast_lz4_batches_decode_to_the_same_records():
     assert builder_module.lz4_encode is _lz4_fast_level  # the builder aiokafka uses takes the fast level
     batch = BatchBuilder(1 << 20, 3)  # 3: lz4
     values = [orjson.dumps({"n": i, "pad": "x" * (i % 50)}) for i in range(200)]
-    for i, value in enumerate(values):
-        batch.append(key=str(i).encode(), value=value, timestamp=None, headers=[("h", b"v")])
+    wires = [WireRecord("scoring.events", str(i).encode(), value, [("h", b"v")]) for i, value in enumerate(values)]
+    batch.append(key=b"first", value=b"through aiokafka's own path", timestamp=None, headers=[])
+    assert _append(batch, wires, 0) == len(wires)  # the shipper's path, straight to the builder
+    assert batch.record_count() == 1 + len(wires)
     records = list(MemoryRecords(bytes(batch._build())).next_batch())
-    assert [r.value for r in records] == values
-    assert [r.headers for r in records] == [[("h", b"v")]] * len(values)
+    assert [r.value for r in records] == [b"through aiokafka's own path", *values]
+    assert [r.offset for r in records] == list(range(1 + len(values)))
+    assert [r.headers for r in records[1:]] == [[("h", b"v")]] * len(values)
+
+
+def test_a_full_batch_takes_what_fits_and_says_where_it_stopped():
+    batch = BatchBuilder(4096, 0)
+    wires = [WireRecord("scoring.events", b"k", b"x" * 1000, []) for _ in range(10)]
+    stopped = _append(batch, wires, 2)
+    assert 2 < stopped < len(wires) and batch.record_count() == stopped - 2
 
 
 def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):

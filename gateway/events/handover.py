@@ -18,10 +18,7 @@ import logging
 import struct
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from gateway.codecs.json_tensors import contiguous
-from gateway.events.records import wire_of
+from gateway.events.records import fields_json, wire_of
 from gateway.events.spool import WireRecord
 from scorers.protocol import MAX_FRAME, scoring_log
 
@@ -42,15 +39,14 @@ def serialised(fields: dict[str, Any], request: InferRequest, prediction: Predic
     written = prediction.log if prediction is not None else None
     if written is None:
         written = scoring_log(request.inputs, prediction.outputs if prediction is not None else {})
-    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY, default=contiguous), written
+    return fields_json(fields), written
 
 
 def frame(parts: list[bytes]) -> bytes:
     """One frame of `serialised` events' parts, in order."""
-    count = len(parts)
-    head = struct.pack(f"<I{count}I", count, *map(len, parts))
-    body_len = len(head) + sum(map(len, parts))
-    return b"".join((LENGTH.pack(body_len), head, *parts))
+    lengths = [len(part) for part in parts]
+    head = struct.pack(f"<I{len(lengths)}I", len(lengths), *lengths)
+    return b"".join((LENGTH.pack(len(head) + sum(lengths)), head, *parts))
 
 
 def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, int]:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaProducer
 from aiokafka import codec
+from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record import default_records
 
 from gateway.config import KafkaConfig
@@ -61,21 +62,15 @@ def use_fast_lz4() -> None:
     c_records.lz4_encode = _lz4_fast_level
 
 
-def _append(batch: Any, wires: list[WireRecord], start: int) -> int:
+def _append(batch: BatchBuilder, wires: list[WireRecord], start: int) -> int:
     """Appends wires[start:] to an aiokafka batch until it is full; returns where it stopped.
 
-    Straight to the batch's record builder (C when aiokafka's extension is built) when the
-    batch has one: aiokafka's per-record wrapper cost as much as the builder itself. The
-    wrapper's bookkeeping (the next relative offset) is kept as it keeps it."""
-    builder = getattr(batch, "_builder", None)
-    if builder is None or not hasattr(batch, "_relative_offset"):  # another aiokafka: its public path
-        end = start
-        while end < len(wires) and batch.append(key=wires[end].key, value=wires[end].value, timestamp=None,
-                                                headers=wires[end].headers) is not None:
-            end += 1
-        return end
+    Straight to the batch's record builder (C when aiokafka's extension is built): aiokafka's
+    per-record wrapper cost as much as the builder itself. Its bookkeeping (the next relative
+    offset) is kept as the wrapper keeps it; a test pins both attributes, so an aiokafka that
+    renames them fails there, not here."""
     offset, end = batch._relative_offset, start
-    append = builder.append
+    append = batch._builder.append
     for wire in wires[start:] if start else wires:
         if append(offset, None, wire.key, wire.value, wire.headers) is None:
             break

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.codecs.json_tensors import contiguous
 from gateway.events.spool import WireRecord
 from scorers.protocol import scoring_log
 
@@ -72,12 +73,17 @@ def by_kind(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     return split
 
 
+def fields_json(fields: dict[str, Any]) -> bytes:
+    """The loop's part of a record: its `FIELDS` as a JSON object (the action's arrays as
+    nested lists). Raises TypeError for a value JSON cannot hold."""
+    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY, default=contiguous)
+
+
 def scoring_event(fields: dict[str, Any], arrays: dict[str, np.ndarray], topic: str = "scoring.events") -> WireRecord:
     """The Kafka record of `fields` (`FIELDS`) and the model's arrays, named as `by_kind` takes
     them: for code that holds them (tests, benchmarks); the gateway's parts go the same way."""
     split = by_kind(arrays)
-    return wire_of(orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY), scoring_log(split["inputs"], split["outputs"]),
-                   topic)
+    return wire_of(fields_json(fields), scoring_log(split["inputs"], split["outputs"]), topic)
 
 
 _VALUE_START = b'{"schema_version":%d,"event_id":"' % SCHEMA_VERSION
