@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-
 from gateway import metrics
 from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
 from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable

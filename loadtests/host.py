@@ -18,9 +18,10 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def _stat_fields(pid: int, tid: int | None = None) -> list[str] | None:
+    """The fields of /proc/<pid>/stat (of one thread's, with `tid`) after the name."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
+        text = Path(f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat").read_text()
     except OSError:
         return None
     return text[text.rindex(")") + 2 :].split()  # the name may hold spaces and parentheses
@@ -59,11 +60,11 @@ def thread_cpu_seconds(pid: int, name_contains: str) -> float:
         try:
             if name_contains not in Path(f"/proc/{pid}/task/{tid}/comm").read_text():
                 continue
-            text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue
-        fields = text[text.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
+        fields = _stat_fields(pid, int(tid))
+        if fields:
+            total += int(fields[11]) + int(fields[12])
     return total / _TICK
 
 

@@ -148,15 +148,18 @@ def closed_loop(server: servers.Server, kafka_pid: int | None, connections: int,
             "us_per_request": us, "shipped": shipped}
 
 
+JIT_THREADS = "CompilerThre"  # the JVM's "C1/C2 CompilerThread<n>", cut to 15 characters by the kernel
+
+
 def warm_broker(server: servers.Server, kafka_pid: int, rate: float, max_seconds: float,
                 quiet_jit: float = 0.02) -> dict[str, Any]:
     """Logged load in 10 s steps until the broker's JIT compiler threads use under `quiet_jit`
     of a core, or `max_seconds` passed."""
     steps: list[float] = []
-    while sum(10.0 for _ in steps) < max_seconds:
-        before = host.thread_cpu_seconds(kafka_pid, "CompilerThre")
+    while 10 * len(steps) < max_seconds:
+        before = host.thread_cpu_seconds(kafka_pid, JIT_THREADS)
         cpu_per_request(server, kafka_pid, rate, 9.0, 1.0)
-        steps.append(round((host.thread_cpu_seconds(kafka_pid, "CompilerThre") - before) / 10.0, 3))
+        steps.append(round((host.thread_cpu_seconds(kafka_pid, JIT_THREADS) - before) / 10.0, 3))
         if steps[-1] < quiet_jit:
             break
     return {"seconds": 10 * len(steps), "jit_cores_per_step": steps}

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from gateway.parallel.pool import Prediction
 
 LENGTH = struct.Struct("<I")
+PARTS_PER_EVENT = 2  # what `serialised` returns: the fields, the scoring log
 
 
 def serialised(fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> tuple[bytes, bytes]:
@@ -64,7 +65,7 @@ def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, 
         (count,) = LENGTH.unpack_from(data, pos + LENGTH.size)
         lengths = struct.unpack_from(f"<{count}I", data, pos + 2 * LENGTH.size)
         at = pos + (2 + count) * LENGTH.size
-        for i in range(0, count - 1, 2):
+        for i in range(0, count - 1, PARTS_PER_EVENT):
             fields_end = at + lengths[i]
             log_end = fields_end + lengths[i + 1]
             try:

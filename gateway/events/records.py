@@ -90,17 +90,17 @@ _VALUE_START = b'{"schema_version":%d,"event_id":"' % SCHEMA_VERSION
 _ACTION = b',"action":'
 
 
-def wire_of(fields_json: bytes, log: bytes, topic: str) -> WireRecord:
-    """The Kafka record of one event: the loop's `fields_json` and the worker's scoring `log`
-    joined into the value, unread but for the fields the key and headers need. The log goes
-    before `action`, where the drift consumer's fast path expects the tensors (a JSON string
-    cannot hold `,"action":` unescaped, so the first one is the key)."""
-    fields = orjson.loads(fields_json)
-    cut = fields_json.index(_ACTION)
+def wire_of(written_fields: bytes, log: bytes, topic: str) -> WireRecord:
+    """The Kafka record of one event: the loop's `written_fields` (`fields_json`) and the worker's
+    scoring `log` joined into the value, unread but for the fields the key and headers need. The
+    log goes before `action`, where the drift consumer's fast path expects the tensors (a JSON
+    string cannot hold `,"action":` unescaped, so the first one is the key)."""
+    fields = orjson.loads(written_fields)
+    cut = written_fields.index(_ACTION)
     event_id = new_id().encode()
     timestamp = _iso_utc(fields["ts_ms"])
-    value = b"".join((_VALUE_START, event_id, b'","timestamp":"', timestamp, b'",', fields_json[1:cut], b",",
-                      log[1:-1], fields_json[cut:]))
+    value = b"".join((_VALUE_START, event_id, b'","timestamp":"', timestamp, b'",', written_fields[1:cut], b",",
+                      log[1:-1], written_fields[cut:]))
     return WireRecord(topic, fields["request_id"].encode(), value, _headers(event_id, timestamp, fields))
 
 

@@ -2,11 +2,11 @@
 
 Building records and producing them to Kafka (batches, partitions, confirmations, spool) costs
 more Python than the scoring they log, and the gateway's request loop is the process that
-saturates first; so the loop only wraps each event's scalars around the scoring log the worker
-wrote (one orjson call) and every 2 ms writes the events since the last flush to the shipper's
-socket (gateway.events.handover). The shipper builds the records and runs the EventLogger:
-queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway once a
-second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
+saturates first; so the loop only writes each event's fields (one orjson call) beside the
+scoring log the worker wrote, and every 2 ms writes the events since the last flush to the
+shipper's socket (gateway.events.handover). The shipper joins them into records and runs the
+EventLogger: queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway
+once a second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import Metric
 
 from scorers.protocol import HEADER, encode
 
-from .handover import frame, serialised, wires_from_batches
+from .handover import PARTS_PER_EVENT, frame, serialised, wires_from_batches
 from .spool import DiskSpool, WireRecord
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class EventShipper:
         self._reader = asyncio.create_task(self._read(reader))
 
     def log(self, fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> None:
-        """Serialises the event's fields (records.FIELDS) around the worker's scoring log
+        """Serialises the event's fields (records.FIELDS), kept beside the worker's scoring log
         (handover.serialised); the events since the last flush reach the shipper together, every 2 ms."""
         try:
             parts = serialised(fields, request, prediction)
@@ -113,7 +113,7 @@ class EventShipper:
             return  # already flushed (stop() flushes at once)
         writer = self._writer
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
-            self.lost += len(pending) // 2  # the shipper is gone or not reading: never block, never grow without bound
+            self.lost += len(pending) // PARTS_PER_EVENT  # the shipper is gone or not reading: never block, never grow without bound
             return
         writer.write(frame(pending))
 
