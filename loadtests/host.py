@@ -52,6 +52,16 @@ def process_cpu_seconds(pid: int) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def waiting_seconds(pid: int) -> float | None:
+    """Seconds so far that the main thread of `pid` was ready to run but waited for a core (the
+    scheduler's run-queue delay, /proc/<pid>/schedstat): a single event loop that saturates
+    loses throughput to whatever shares its core."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def thread_cpu_seconds(pid: int, name_contains: str) -> float:
     """CPU seconds so far of the threads of `pid` whose name holds `name_contains` (e.g. a JVM's
     "CompilerThread"s: a fresh broker's JIT, which a long-running one has finished)."""

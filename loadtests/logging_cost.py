@@ -102,9 +102,11 @@ def _measured(server: servers.Server, kafka_pid: int | None, settings: RunSettin
     confirmed and the shipper spooled."""
     samples: list[dict[str, float]] = []
     seen: list[dict[str, float]] = []
+    waited: list[tuple[float, float]] = []
 
     def snap() -> None:
         samples.append(_cpu_by_part(server.pid))
+        waited.append((time.monotonic(), host.waiting_seconds(server.pid) or 0.0))
         if logged:
             seen.append(counts(server.url))
 
@@ -113,6 +115,8 @@ def _measured(server: servers.Server, kafka_pid: int | None, settings: RunSettin
     answered = max(result["achieved_rate"] * settings.duration, 1.0)
     us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
     us["kafka"] = round(result["cpu"]["kafka"] * settings.duration / answered * 1e6, 1)  # idle when logging is off
+    # Cores' worth of time the request loop was ready but waited for a core: at saturation, throughput lost
+    result["cpu"]["loop_waiting"] = round((waited[1][1] - waited[0][1]) / max(waited[1][0] - waited[0][0], 1e-9), 3)
     shipped = None
     if logged:
         answers = max(seen[1]["answers"] - seen[0]["answers"], 1.0)
@@ -165,8 +169,9 @@ def warm_broker(server: servers.Server, kafka_pid: int, rate: float, max_seconds
     return {"seconds": 10 * len(steps), "jit_cores_per_step": steps}
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
+def _spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits)}
 
 
 def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -175,7 +180,9 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dic
         runs = [r[side] for r in rounds]
         out[side] = {"us_per_request": {k: _spread([r["us_per_request"][k] for r in runs])
                                         for k in runs[0]["us_per_request"]},
-                     "closed_req_s": _spread([s[side]["achieved_rate"] for s in slices])}
+                     "closed_req_s": _spread([s[side]["achieved_rate"] for s in slices]),
+                     # runs before this was measured lack it
+                     "loop_waiting_cores": _spread([s[side]["cpu"].get("loop_waiting", 0.0) for s in slices], 3)}
     # When the cores are the limit, requests/s is inversely proportional to the CPU per request
     # of everything sharing them (gateway tree, broker, load generator).
     off, on = out["off"]["us_per_request"]["machine"]["median"], out["on"]["us_per_request"]["machine"]["median"]
@@ -243,7 +250,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"closed slice {k + 1}: off {entry['off']['achieved_rate']:,.0f} req/s, on "
                   f"{entry['on']['achieved_rate']:,.0f} req/s ({entry['on']['achieved_rate'] / entry['off']['achieved_rate']:.1%}); "
                   f"shipped {entry['on']['shipped']}; steal off {entry['off']['cpu']['steal']}, "
-                  f"on {entry['on']['cpu']['steal']}", flush=True)
+                  f"on {entry['on']['cpu']['steal']}; loop waiting for a core off {entry['off']['cpu']['loop_waiting']}, "
+                  f"on {entry['on']['cpu']['loop_waiting']}", flush=True)
         time.sleep(AFTER_SLICES)
         after = counts(gateways["on"].url)
         answered = max(after["answers"] - before["answers"], 1.0)
@@ -305,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({'kept up' if s['shipper_kept_up'] else 'FELL BEHIND'}), Kafka confirmed {s['shipped']['delivered']:.1%} "
           f"within them and {data['delivery_after_slices']['delivered']:.2%} by {AFTER_SLICES:.0f} s after")
     print(f"  pairs left out for steal over {MAX_STEAL} cores: {s['pairs_with_steal']}")
+    print(f"  the request loop waited for a core (median over the slices, in cores): off "
+          f"{s['off']['loop_waiting_cores']['median']}, on {s['on']['loop_waiting_cores']['median']}")
     if s["closed_ratio"] is not None:
         print(f"  => on/off over the pairs that count: {s['closed_ratio']:.1%} "
               f"(median of adjacent pairs {s['closed_pair_ratio_median']:.1%})")
