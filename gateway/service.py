@@ -100,12 +100,11 @@ class ScoringService:
     def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, reason: str, request_id: str,
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
         self.events.log({  # records.FIELDS, in its order
-            "ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "model_name": deployed.name,
-            "model_version": version, "role": role, "route": plan.policy, "arm": version, "reason": reason,
-            "served": version == plan.serve and role != "challenger", "status": outcome.status, "error": outcome.error,
-            "action": action,
+            "ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "gateway_instance": self.instance,
+            "model_name": deployed.name, "model_version": version, "role": role, "route": plan.policy, "arm": version,
+            "reason": reason, "served": version == plan.serve and role != "challenger", "status": outcome.status,
+            "error": outcome.error, "action": action,
             "latency_ms": int(outcome.latency_ms * 1000) / 1000,  # to the µs; round() costs 3x
-            "gateway_instance": self.instance,
             "sample_rate": deployed.log_sample_rate,
         }, request, outcome.prediction)
 

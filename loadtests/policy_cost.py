@@ -35,10 +35,10 @@ ROUTES = {
 def shadowed_events(request_id: str, action: dict) -> list[tuple[str, dict]]:
     """(version, fields) of a shadowed request's two events on the demo wine route, the fields
     (records.FIELDS) as gateway.service._log writes them."""
-    return [(version, {"ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "model_name": "wine",
-                       "model_version": version, "role": role, "route": "shadow", "arm": version,
-                       "reason": "shadow", "served": role == "champion", "status": "ok", "error": None,
-                       "action": action, "latency_ms": int(1.2345 * 1000) / 1000, "gateway_instance": "bench",
+    return [(version, {"ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "gateway_instance": "bench",
+                       "model_name": "wine", "model_version": version, "role": role, "route": "shadow",
+                       "arm": version, "reason": "shadow", "served": role == "champion", "status": "ok",
+                       "error": None, "action": action, "latency_ms": int(1.2345 * 1000) / 1000,
                        "sample_rate": 1.0})
             for version, role in (("1", "champion"), ("2", "challenger"))]
 

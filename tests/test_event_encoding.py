@@ -36,12 +36,12 @@ def _event(rows: int, action: bool) -> tuple[dict, dict]:
               "inputs/flag": rng.integers(0, 2, rows).astype(np.bool_),
               "outputs/label": rng.integers(0, 3, rows),
               "outputs/probabilities": rng.random((rows, 3), dtype=np.float32)}
-    fields = {"ts_ms": 1795642642996, "request_id": f"req-{rows}", "model_name": "wine", "model_version": "2",
-              "role": "challenger", "route": "shadow", "arm": "2", "reason": "shadow", "served": False,
-              "status": "ok", "error": None,
+    fields = {"ts_ms": 1795642642996, "request_id": f"req-{rows}", "gateway_instance": "host-1", "model_name": "wine",
+              "model_version": "2", "role": "challenger", "route": "shadow", "arm": "2", "reason": "shadow",
+              "served": False, "status": "ok", "error": None,
               "action": {"model_version": "1", "outputs": {"probabilities": arrays["outputs/probabilities"]}}
               if action else None,
-              "latency_ms": 1.235, "gateway_instance": "host-1", "sample_rate": 0.5}
+              "latency_ms": 1.235, "sample_rate": 0.5}
     return fields, arrays
 
 
@@ -117,12 +117,24 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
         topic, key, record, headers = _without_id(wire)
         assert (topic, key, record) == ("scoring.events", f["request_id"].encode(), _plain_record(f, a))
         # the order the drift consumer's fast path reads (gateway.drift.decode): tensors before the action
-        assert list(record) == ["schema_version", "timestamp", *FIELDS[:11], "inputs", "outputs", *FIELDS[11:]]
+        action = FIELDS.index("action")
+        assert list(record) == ["schema_version", "timestamp", *FIELDS[:action], "inputs", "outputs", *FIELDS[action:]]
         assert headers == {"ce_specversion": b"1.0", "ce_type": b"dev.scoring-gateway.scoring.v1",
                            "ce_source": b"/gateway/" + f["gateway_instance"].encode(),
                            "ce_time": record["timestamp"].encode(), "content-type": b"application/json",
                            "model": b"wine", "model_version": f["model_version"].encode(), "schema_version": b"1"}
         assert _without_id(wire) == _without_id(scoring_event(f, a))
+
+
+def test_the_shipper_reads_key_and_headers_whatever_the_request_id_or_the_fields_order():
+    fields, arrays = _event(2, True)
+    fields["request_id"] = 'r,"role":"x\\",\u00e9"action":1'  # what the shipper looks for, inside the id
+    reordered = {k: fields[k] for k in reversed(fields)}  # a writer that ignores FIELDS' order
+    for f in (fields, reordered):
+        [wire], _, broken = wires_from_batches(frame(list(_handed_over(f, arrays))), "scoring.events")
+        topic, key, record, headers = _without_id(wire)
+        assert (broken, key, record) == (0, fields["request_id"].encode(), _plain_record(fields, arrays))
+        assert (headers["ce_source"], headers["model_version"]) == (b"/gateway/host-1", b"2")
 
 
 class _Doubler:
