@@ -106,7 +106,7 @@ def _measured(server: servers.Server, kafka_pid: int | None, settings: RunSettin
 
     def snap() -> None:
         samples.append(_cpu_by_part(server.pid))
-        waited.append((time.monotonic(), host.waiting_seconds(server.pid) or 0.0))
+        waited.append((time.monotonic(), host.waiting_seconds(server.pid)))
         if logged:
             seen.append(counts(server.url))
 
@@ -116,7 +116,8 @@ def _measured(server: servers.Server, kafka_pid: int | None, settings: RunSettin
     us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
     us["kafka"] = round(result["cpu"]["kafka"] * settings.duration / answered * 1e6, 1)  # idle when logging is off
     # Cores' worth of time the request loop was ready but waited for a core: at saturation, throughput lost
-    result["cpu"]["loop_waiting"] = round((waited[1][1] - waited[0][1]) / max(waited[1][0] - waited[0][0], 1e-9), 3)
+    (t0, w0), (t1, w1) = waited
+    result["cpu"]["loop_waiting"] = None if w0 is None or w1 is None else round((w1 - w0) / max(t1 - t0, 1e-9), 3)
     shipped = None
     if logged:
         answers = max(seen[1]["answers"] - seen[0]["answers"], 1.0)
@@ -181,8 +182,9 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dic
         out[side] = {"us_per_request": {k: _spread([r["us_per_request"][k] for r in runs])
                                         for k in runs[0]["us_per_request"]},
                      "closed_req_s": _spread([s[side]["achieved_rate"] for s in slices]),
-                     # runs before this was measured lack it
-                     "loop_waiting_cores": _spread([s[side]["cpu"].get("loop_waiting", 0.0) for s in slices], 3)}
+                     # runs before this was measured, or on a kernel without schedstat, lack it
+                     "loop_waiting_cores": _spread([w for s in slices if (w := s[side]["cpu"].get("loop_waiting"))
+                                                    is not None] or [float("nan")], 3)}
     # When the cores are the limit, requests/s is inversely proportional to the CPU per request
     # of everything sharing them (gateway tree, broker, load generator).
     off, on = out["off"]["us_per_request"]["machine"]["median"], out["on"]["us_per_request"]["machine"]["median"]

@@ -276,12 +276,12 @@ def test_a_server_pause_shows_in_open_loop_percentiles_but_not_in_closed_loop() 
 def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_were_not_stolen() -> None:
     from loadtests.logging_cost import summarise
 
-    def side(rate: float, queued: float = 1.0, spooled: float = 0.0, steal: float = 0.0) -> dict:
-        return {"achieved_rate": rate, "cpu": {"steal": steal},
+    def side(rate: float, queued: float = 1.0, spooled: float = 0.0, steal: float = 0.0, waiting: float = 0.0) -> dict:
+        return {"achieved_rate": rate, "cpu": {"steal": steal, "loop_waiting": waiting},
                 "shipped": {"answers": 100.0, "queued": queued, "delivered": queued, "spooled": spooled}}
 
     cpu = {"us_per_request": {"machine": 100.0}}
-    slices = [{"off": side(1000), "on": side(900)},
+    slices = [{"off": side(1000, waiting=0.01), "on": side(900, waiting=0.05)},
               {"off": side(1000), "on": side(1200, queued=0.5)},  # deferred its logging: not counted
               {"off": side(1000), "on": side(1100, spooled=1.0)},  # Kafka stalled, events spooled: not counted
               {"off": side(1200), "on": side(1020)},
@@ -292,3 +292,4 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_we
     assert summary["closed_pair_ratio_median"] == round((0.9 + 0.85) / 2, 3)
     assert summary["shipped"] == {"queued": round(4.5 / 5, 3), "delivered": round(4.5 / 5, 3), "spooled": 0.2}
     assert not summary["shipper_kept_up"]  # a run that deferred an eighth of its events is flagged
+    assert [summary[s]["loop_waiting_cores"]["max"] for s in ("off", "on")] == [0.01, 0.05]

@@ -89,17 +89,16 @@ def scoring_event(fields: dict[str, Any], arrays: dict[str, np.ndarray], topic: 
 
 _VALUE_START = b'{"schema_version":%d,"event_id":"' % SCHEMA_VERSION
 _ACTION = b',"action":'
-_ROLE = b',"role":'  # where the fields the key and headers need end (`FIELDS`)
-_HEAD = frozenset(("ts_ms", "request_id", "gateway_instance", "model_name", "model_version"))
+_ROLE = b',"role":'  # where the fields the key and headers need end
+_HEAD = frozenset(FIELDS[:FIELDS.index("role")])
 
 
 def wire_of(written_fields: bytes, log: bytes, topic: str) -> WireRecord:
     """The Kafka record of one event: the loop's `written_fields` (`fields_json`) and the worker's
     scoring `log` joined into the value, unread but for the fields before `role`, which the key
-    and headers need (the rest, the action's arrays above all, cost twice as much to parse as
-    the whole record costs to make). The log goes before `action`, where the drift consumer's
-    fast path expects the tensors. A JSON string cannot hold `,"role":` or `,"action":`
-    unescaped, so the first of each is the key."""
+    and headers need (the rest, the action's arrays above all, cost more to parse than these).
+    The log goes before `action`, where the drift consumer's fast path expects the tensors. A
+    JSON string cannot hold `,"role":` or `,"action":` unescaped, so the first of each is the key."""
     fields = orjson.loads(written_fields[:written_fields.index(_ROLE)] + b"}")
     if not _HEAD <= fields.keys():  # written in another order than FIELDS: slower, still right
         fields = orjson.loads(written_fields)
