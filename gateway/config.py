@@ -256,7 +256,7 @@ class KafkaConfig(_Strict):
     queue_size: int = Field(100_000, ge=1, description="events held in memory before the spool takes them")
     linger_ms: int = Field(500, ge=0, description="wait this long to fill Kafka batches (delays events, not answers)")
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
-    stall_timeout_ms: int = Field(2000, ge=100, description="an unconfirmed event older than this goes to the spool")
+    stall_timeout_ms: int = Field(2000, ge=100, description="an event unconfirmed for this long (not counting time the shipper could not run) goes to the spool")
     spool: SpoolConfig = SpoolConfig()
 
 

@@ -190,3 +190,37 @@ async def test_the_event_shipper_never_preempts_a_request_and_ignores_ctrl_c(
     assert os.getpriority(os.PRIO_PROCESS, shipper) == os.getpriority(os.PRIO_PROCESS, pid)
     assert os.sched_getscheduler(shipper) == os.SCHED_BATCH
     assert os.getsid(shipper) == os.getsid(pid) and os.getpgid(shipper) == shipper != os.getpgid(pid)
+
+
+async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(kafka_bootstrap, unique_topic, tmp_path):
+    """When every core is busy the shipper may not run for longer than `stall_timeout`, while
+    Kafka's confirmations wait in its socket: on waking it must read them before it judges Kafka
+    (it once took a healthy broker for a stalled one and spooled, docs/benchmarks/logging-cost.md)."""
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from gateway.events.logger import EventLogger
+    from gateway.events.spool import DiskSpool, WireRecord
+
+    def count(outcome: str) -> float:
+        return REGISTRY.get_sample_value("gateway_events_total", {"topic": unique_topic, "outcome": outcome}) or 0.0
+
+    logger = EventLogger(kafka_bootstrap, unique_topic, DiskSpool(tmp_path, 1 << 20), linger_ms=5,
+                         stall_timeout=1.0, create_topics=([unique_topic], 1, 1))
+    await logger.start()
+    try:
+        deadline = time.monotonic() + 60
+        while logger._producer is None and time.monotonic() < deadline:  # connected (before, events go to the spool)
+            await asyncio.sleep(0.05)
+        for round_ in range(3):
+            logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+            while not logger._in_flight and time.monotonic() < deadline:  # until the round's batch is sent
+                await asyncio.sleep(0)
+            assert logger._in_flight, "the batch was never sent"
+            time.sleep(2.0)  # starved for twice stall_timeout: the confirmation arrives meanwhile, unread
+            while count("delivered") + count("spooled") < 100 * (round_ + 1) and time.monotonic() < deadline:
+                await asyncio.sleep(0.025)
+            assert (count("delivered"), count("spooled")) == (100 * (round_ + 1), 0)
+    finally:
+        await logger.stop()

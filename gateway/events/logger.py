@@ -120,7 +120,10 @@ class EventLogger:
         self._queue: deque[WireRecord] = deque()
         self._queue_size = queue_size
         self._queued = asyncio.Event()
-        self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float]] = {}
+        # Each batch Kafka has not confirmed: its records, when it was sent, and when on the
+        # shipper's own clock (time minus `_late`), which the stall detection goes by.
+        self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float, float]] = {}
+        self._late = 0.0  # seconds the shipper woke late so far (starved of CPU, or busy with its own work)
         self._in_flight_records = 0
         self._abandoned: dict[asyncio.Future, int] = {}
         self._spooling = not spool.drained  # records left from an earlier run go first
@@ -213,9 +216,9 @@ class EventLogger:
             await producer.client.close()
 
     def _take_in_flight(self) -> list[WireRecord]:
-        records = [wire for wires, _ in self._in_flight.values() for wire in wires]
+        records = [wire for wires, _, _ in self._in_flight.values() for wire in wires]
         # Kept to count records that still arrive after being spooled (duplicates downstream).
-        self._abandoned.update((future, len(wires)) for future, (wires, _) in self._in_flight.items())
+        self._abandoned.update((future, len(wires)) for future, (wires, _, _) in self._in_flight.items())
         self._in_flight.clear()
         self._in_flight_records = 0
         metrics.EVENTS_IN_FLIGHT.set(0)  # at once, so /metrics never shows spooled events as in flight
@@ -291,7 +294,7 @@ class EventLogger:
                 continue
             now = time.monotonic()
             for future, records in sent:
-                self._in_flight[future] = (records, now)
+                self._in_flight[future] = (records, now, now - self._late)
                 self._in_flight_records += len(records)
                 future.add_done_callback(self._on_delivery)
 
@@ -313,7 +316,7 @@ class EventLogger:
             if not failed:
                 self._count["resent"].inc(abandoned)
             return
-        records, sent_at = entry
+        records, sent_at, _ = entry
         self._in_flight_records -= len(records)
         if failed:
             self._count["failed"].inc(len(records))
@@ -323,11 +326,19 @@ class EventLogger:
             metrics.EVENT_DELIVERY_LATENCY.observe(time.monotonic() - sent_at)
 
     async def _watch(self) -> None:
-        """Spools records whose confirmation is overdue, so memory stays bounded while Kafka is away."""
+        """Spools records whose confirmation is overdue, so memory stays bounded while Kafka is away.
+
+        Overdue in the shipper's own time: while it could not run (every core busy, or its own
+        long burst), its batches may not even have been sent, and Kafka's confirmations wait
+        unread in its socket (the loop runs due timers before it reads sockets). So the time it
+        woke late is not counted against Kafka; counted, it spooled a healthy broker's events."""
+        interval = min(0.25, self.stall_timeout / 4)
         while True:
-            await asyncio.sleep(min(0.25, self.stall_timeout / 4))
-            now = time.monotonic()
-            if self._in_flight and now - min(t for _, t in self._in_flight.values()) > self.stall_timeout:
+            due = time.monotonic() + interval
+            await asyncio.sleep(interval)
+            self._late += max(0.0, time.monotonic() - due)
+            awake = time.monotonic() - self._late
+            if self._in_flight and awake - min(t for _, _, t in self._in_flight.values()) > self.stall_timeout:
                 self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])
             metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
             metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
