@@ -7,12 +7,16 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import aiohttp
 import jsonschema
 import pytest
+from prometheus_client import REGISTRY
 
+from gateway.events.logger import EventLogger
 from gateway.events.records import sampled
+from gateway.events.spool import DiskSpool, WireRecord
 from gateway.models.demo import sample_wines
 from loadtests.host import process_tree
 from loadtests.logging_cost import part_of
@@ -196,13 +200,6 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
     """When every core is busy the shipper may not run for longer than `stall_timeout`, while
     Kafka's confirmations wait in its socket: on waking it must read them before it judges Kafka
     (it once took a healthy broker for a stalled one and spooled, docs/benchmarks/logging-cost.md)."""
-    import time
-
-    from prometheus_client import REGISTRY
-
-    from gateway.events.logger import EventLogger
-    from gateway.events.spool import DiskSpool, WireRecord
-
     def count(outcome: str) -> float:
         return REGISTRY.get_sample_value("gateway_events_total", {"topic": unique_topic, "outcome": outcome}) or 0.0
 
