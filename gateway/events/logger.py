@@ -121,7 +121,7 @@ class EventLogger:
         self._queue_size = queue_size
         self._queued = asyncio.Event()
         # Each batch Kafka has not confirmed: its records, when it was sent, and when on the
-        # shipper's own clock (time minus `_late`), which the stall detection goes by.
+        # shipper's own clock (`_own_time`), which the stall detection goes by.
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float, float]] = {}
         self._late = 0.0  # seconds the shipper woke late so far (starved of CPU, or busy with its own work)
         self._in_flight_records = 0
@@ -292,9 +292,9 @@ class EventLogger:
             except Exception as exc:  # Kafka is not taking data
                 self._fail(f"send: {exc!r}", wires)
                 continue
-            now = time.monotonic()
+            now, own = time.monotonic(), self._own_time()
             for future, records in sent:
-                self._in_flight[future] = (records, now, now - self._late)
+                self._in_flight[future] = (records, now, own)
                 self._in_flight_records += len(records)
                 future.add_done_callback(self._on_delivery)
 
@@ -337,11 +337,15 @@ class EventLogger:
             due = time.monotonic() + interval
             await asyncio.sleep(interval)
             self._late += max(0.0, time.monotonic() - due)
-            awake = time.monotonic() - self._late
-            if self._in_flight and awake - min(t for _, _, t in self._in_flight.values()) > self.stall_timeout:
+            oldest = min((t for _, _, t in self._in_flight.values()), default=None)
+            if oldest is not None and self._own_time() - oldest > self.stall_timeout:
                 self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])
             metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
             metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
+
+    def _own_time(self) -> float:
+        """The shipper's own clock: monotonic time less the time it woke late (`_watch`)."""
+        return time.monotonic() - self._late
 
     # -- spooling and replay ------------------------------------------------------------------
 

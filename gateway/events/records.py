@@ -89,8 +89,9 @@ def scoring_event(fields: dict[str, Any], arrays: dict[str, np.ndarray], topic: 
 
 _VALUE_START = b'{"schema_version":%d,"event_id":"' % SCHEMA_VERSION
 _ACTION = b',"action":'
-_ROLE = b',"role":'  # where the fields the key and headers need end
-_HEAD = frozenset(FIELDS[:FIELDS.index("role")])
+_HEAD_END = "role"  # the first field after those the key and headers need (FIELDS)
+_HEAD = frozenset(FIELDS[:FIELDS.index(_HEAD_END)])
+_AFTER_HEAD = b',"%s":' % _HEAD_END.encode()
 
 
 def wire_of(written_fields: bytes, log: bytes, topic: str) -> WireRecord:
@@ -99,7 +100,7 @@ def wire_of(written_fields: bytes, log: bytes, topic: str) -> WireRecord:
     and headers need (the rest, the action's arrays above all, cost more to parse than these).
     The log goes before `action`, where the drift consumer's fast path expects the tensors. A
     JSON string cannot hold `,"role":` or `,"action":` unescaped, so the first of each is the key."""
-    fields = orjson.loads(written_fields[:written_fields.index(_ROLE)] + b"}")
+    fields = orjson.loads(written_fields[:written_fields.index(_AFTER_HEAD)] + b"}")
     if not _HEAD <= fields.keys():  # written in another order than FIELDS: slower, still right
         fields = orjson.loads(written_fields)
     cut = written_fields.index(_ACTION)
