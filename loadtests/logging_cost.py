@@ -10,7 +10,8 @@ Two measures:
     machine throughput is inversely proportional to the CPU each request costs;
   - throughput (the issue-3 measurement): closed-loop slices, 32 connections, scenario
     `standard`, achieved requests/s; the ratio is all "on" requests over all "off" requests,
-    the median of the adjacent pairs' ratios beside it. A pair counts only if the hypervisor took
+    the median of the adjacent pairs' ratios and a 95% bootstrap interval (pairs resampled)
+    beside it. A pair counts only if the hypervisor took
     at most MAX_STEAL cores from either slice (steal hit "off" slices harder in one run, and
     lifted its ratio from 81% on the quiet pairs to 91%), and only if the "on" gateway's
     shipper kept up (`kept_up_with`): the events it queued for Kafka during the slice (its own
@@ -37,9 +38,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from scipy import stats
 
 from loadtests import host, report, servers
 from loadtests.run import RunSettings, execute
@@ -196,6 +199,7 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dic
     kept_up = [s for s in kept_up if s not in stolen]
     out["closed_ratio"] = round(sum(s["on"]["achieved_rate"] for s in kept_up) /
                                 sum(s["off"]["achieved_rate"] for s in kept_up), 3) if kept_up else None
+    out["closed_ratio_ci95"] = _pooled_ratio_interval(kept_up)
     out["closed_pair_ratio_median"] = round(statistics.median(
         s["on"]["achieved_rate"] / s["off"]["achieved_rate"] for s in kept_up), 3) if kept_up else None
     # Over all the slices, what the shipper queued and Kafka confirmed per model answer: what one
@@ -207,6 +211,18 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]]) -> dic
                       for outcome in ("queued", "delivered", "spooled")}
     out["shipper_kept_up"] = out["shipped"]["queued"] >= KEEP_UP
     return out
+
+
+def _pooled_ratio_interval(pairs: list[dict[str, Any]]) -> list[float] | None:
+    """95% bootstrap interval of the pooled on/off ratio, resampling whole pairs: how far this
+    run's figure may be from what the same harness reads on another day (pairs swing with the host)."""
+    if len(pairs) < 3:
+        return None
+    on = np.array([s["on"]["achieved_rate"] for s in pairs])
+    off = np.array([s["off"]["achieved_rate"] for s in pairs])
+    found = stats.bootstrap((on, off), lambda a, b, axis: a.sum(axis) / b.sum(axis), paired=True,
+                            vectorized=True, n_resamples=9999, method="percentile", random_state=0)
+    return [round(float(found.confidence_interval.low), 3), round(float(found.confidence_interval.high), 3)]
 
 
 def kept_up_with(shipped: dict[str, float]) -> bool:
@@ -278,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="CPU measures per side, alternated")
     parser.add_argument("--rate", type=float, default=1200.0, help="open-loop req/s for the CPU measure")
     parser.add_argument("--cpu-duration", type=float, default=20.0)
-    parser.add_argument("--slices", type=int, default=16, help="closed-loop slices per side, alternated")
+    parser.add_argument("--slices", type=int, default=40, help="closed-loop slices per side, alternated: "
+                        "enough that the pairs left after the steal filter pin the ratio to a few percent")
     parser.add_argument("--closed-duration", type=float, default=4.0,
                         help="seconds per slice: short, so that many alternations average this VM's drifts")
     parser.add_argument("--closed-warmup", type=float, default=1.0)
@@ -318,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  the request loop waited for a core (median over the slices, in cores): off "
           f"{s['off']['loop_waiting_cores']['median']}, on {s['on']['loop_waiting_cores']['median']}")
     if s["closed_ratio"] is not None:
+        interval = s.get("closed_ratio_ci95")
+        spread = f"95% interval over resampled pairs {interval[0]:.1%}-{interval[1]:.1%}; " if interval else ""
         print(f"  => on/off over the pairs that count: {s['closed_ratio']:.1%} "
-              f"(median of adjacent pairs {s['closed_pair_ratio_median']:.1%})")
+              f"({spread}median of adjacent pairs {s['closed_pair_ratio_median']:.1%})")
     if args.out:
         report.write_json(args.out, data)
     return 0

@@ -293,3 +293,22 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_we
     assert summary["shipped"] == {"queued": round(4.5 / 5, 3), "delivered": round(4.5 / 5, 3), "spooled": 0.2}
     assert not summary["shipper_kept_up"]  # a run that deferred an eighth of its events is flagged
     assert [summary[s]["loop_waiting_cores"]["max"] for s in ("off", "on")] == [0.01, 0.05]
+
+
+def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> None:
+    from loadtests.logging_cost import summarise
+
+    def pairs(ratios: list[float]) -> list[dict]:
+        side = lambda rate: {"achieved_rate": rate, "cpu": {"steal": 0.0, "loop_waiting": 0.0},  # noqa: E731
+                             "shipped": {"answers": 100.0, "queued": 1.0, "delivered": 1.0, "spooled": 0.0}}
+        return [{"off": side(1000.0), "on": side(1000.0 * r)} for r in ratios]
+
+    cpu = {"us_per_request": {"machine": 100.0}}
+    steady = summarise([{"off": cpu, "on": cpu}], pairs([0.91, 0.92, 0.90, 0.91, 0.92, 0.90, 0.91, 0.92]))
+    swinging = summarise([{"off": cpu, "on": cpu}], pairs([0.75, 1.05, 0.80, 1.02, 0.78, 1.04, 0.83, 1.01]))
+    for summary in (steady, swinging):
+        low, high = summary["closed_ratio_ci95"]
+        assert low <= summary["closed_ratio"] <= high
+    assert steady["closed_ratio_ci95"][0] >= 0.90  # pairs that agree pin the ratio ...
+    assert swinging["closed_ratio_ci95"][0] < 0.85 < 0.95 < swinging["closed_ratio_ci95"][1]  # ... pairs that swing do not
+    assert summarise([{"off": cpu, "on": cpu}], pairs([0.9, 0.9]))["closed_ratio_ci95"] is None  # too few to say
