@@ -83,7 +83,7 @@ def _cpu_by_part(root: int) -> dict[str, float]:
 
 
 def counts(url: str) -> dict[str, float]:
-    """Model answers, and events by the shipper's outcome, from the gateway's /metrics."""
+    """Model answers, events by the shipper's outcome, and times the shipper starved, from the gateway's /metrics."""
     text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
     found = {"answers": 0.0}
     for family in text_string_to_metric_families(text):
@@ -94,6 +94,8 @@ def counts(url: str) -> dict[str, float]:
                 found[sample.labels["outcome"]] = found.get(sample.labels["outcome"], 0.0) + sample.value
             elif sample.name == "gateway_events_unshipped_total":
                 found["unshipped"] = sample.value
+            elif sample.name == "gateway_event_shipper_starved_total":
+                found["starved"] = sample.value
     return found
 
 
@@ -277,6 +279,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         delivery = {outcome: round((after.get(outcome, 0.0) - before.get(outcome, 0.0)) / answered, 4)
                     for outcome in ("delivered", "spooled", "dropped")}
         delivery["unshipped"] = after.get("unshipped", 0.0) - before.get("unshipped", 0.0)
+        # Times the shipper, yielding the cores to scoring (cpu_share), starved and took its share
+        delivery["shipper_starved"] = after.get("starved", 0.0) - before.get("starved", 0.0)
         print(f"{AFTER_SLICES:.0f} s after the last slice: {delivery} of the {answered:,.0f} model answers", flush=True)
     return {"settings": vars(args), "machine": host.describe_machine(), "broker_warmup": warm, "quiet": quiet,
             "rounds": rounds, "slices": slices, "delivery_after_slices": delivery,
