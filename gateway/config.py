@@ -257,9 +257,6 @@ class KafkaConfig(_Strict):
     linger_ms: int = Field(500, ge=0, description="wait this long to fill Kafka batches (delays events, not answers)")
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     stall_timeout_ms: int = Field(2000, ge=100, description="an event unconfirmed for this long (not counting time the shipper could not run) goes to the spool")
-    shipper_cpu: Literal["yield", "batch"] = Field(
-        "yield", description="yield: the event shipper runs on cores scoring leaves idle (SCHED_IDLE), and on the "
-        "gateway's share when starved (needs CAP_SYS_NICE, else as batch); batch: always on the gateway's share")
     spool: SpoolConfig = SpoolConfig()
 
 

@@ -29,7 +29,7 @@ def _settings(bootstrap: str, spool: str) -> dict[str, Any]:
     return {"bootstrap_servers": bootstrap, "topic": "scoring.events", "spool_dir": spool,
             "spool_max_bytes": kafka.spool.max_bytes, "spool_segment_bytes": kafka.spool.segment_bytes,
             "spool_fsync": kafka.spool.fsync, "queue_size": kafka.queue_size, "linger_ms": kafka.linger_ms,
-            "compression": "lz4", "stall_timeout": kafka.stall_timeout_ms / 1000, "cpu": kafka.shipper_cpu,
+            "compression": "lz4", "stall_timeout": kafka.stall_timeout_ms / 1000,
             "create_topics": [["scoring.events"], 6, 1]}
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import aiohttp
@@ -15,7 +14,6 @@ import jsonschema
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.events.cpu_share import can_leave_idle
 from gateway.events.logger import EventLogger
 from gateway.events.records import sampled
 from gateway.events.spool import DiskSpool, WireRecord
@@ -182,61 +180,20 @@ async def test_sampling_logs_champion_and_challenger_of_the_same_requests(
     assert 0.18 < len(expected) / len(ids) < 0.32
 
 
-def the_shipper(gateway) -> int:
-    pid = gateway.process.pid
-    shippers = [p for p in process_tree(pid) if part_of(p, pid) == "shipper"]
-    assert len(shippers) == 1
-    return shippers[0]
-
-
 async def test_the_event_shipper_never_preempts_a_request_and_ignores_ctrl_c(
         demo_repository, kafka_bootstrap, unique_topic, start_gateway):
-    """The shipper runs without wake-up preemption: on cores scoring leaves idle (SCHED_IDLE)
-    where it can take its share back when starved, else at the gateway's priority (niced, it fell
-    behind a saturated gateway); in the gateway's session (with autogroup scheduling a session
+    """The shipper runs without wake-up preemption, at the gateway's priority (niced, it fell
+    behind a saturated gateway), in the gateway's session (with autogroup scheduling a session
     of its own would be weighed like the whole gateway), in a process group of its own (a
     terminal's Ctrl-C goes to the gateway, which stops it in order)."""
     gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
-    pid, shipper = gateway.process.pid, the_shipper(gateway)
+    pid = gateway.process.pid
+    shippers = [p for p in process_tree(pid) if part_of(p, pid) == "shipper"]
+    assert len(shippers) == 1
+    shipper = shippers[0]
     assert os.getpriority(os.PRIO_PROCESS, shipper) == os.getpriority(os.PRIO_PROCESS, pid)
-    assert os.sched_getscheduler(shipper) == (os.SCHED_IDLE if can_leave_idle() else os.SCHED_BATCH)
+    assert os.sched_getscheduler(shipper) == os.SCHED_BATCH
     assert os.getsid(shipper) == os.getsid(pid) and os.getpgid(shipper) == shipper != os.getpgid(pid)
-    config = gateway_config(demo_repository, kafka_bootstrap, unique_topic)
-    config["kafka"]["shipper_cpu"] = "batch"
-    config["server"] = {"instance_id": "gw-batch"}  # a spool of its own
-    assert os.sched_getscheduler(the_shipper(start_gateway(config))) == os.SCHED_BATCH
-
-
-SPIN = "import os, sys, time\nos.sched_setaffinity(0, {int(sys.argv[1])})\nend = time.monotonic() + float(sys.argv[2])\n" \
-       "while time.monotonic() < end:\n    pass\n"
-
-
-async def test_a_yielding_shipper_on_a_busy_core_takes_its_share_and_delivers_every_event(
-        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
-    """On SCHED_IDLE the shipper gets ~0.3% of a busy core: it must notice and take the
-    gateway's share, or on a machine with no idle time its events would wait for ever."""
-    if not can_leave_idle():
-        pytest.skip("without CAP_SYS_NICE the shipper never yields (the test above)")
-    gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
-    shipper = the_shipper(gateway)
-    assert os.sched_getscheduler(shipper) == os.SCHED_IDLE
-    core = min(os.sched_getaffinity(0))
-    for tid in os.listdir(f"/proc/{shipper}/task"):
-        os.sched_setaffinity(int(tid), {core})
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(core), "60"])  # keeps the core busy, 60 s at most
-    try:
-        ids = [f"busy-{i}" for i in range(200)]
-        answers = await post_all(f"{gateway.url}/v2/models/wine/infer",
-                                 [infer_body(sample_wines("train", 1, seed=i), rid) for i, rid in enumerate(ids)])
-        assert all(s == 200 for s, _ in answers)
-        records = await read_topic(kafka_bootstrap, unique_topic, expected=2 * len(ids), timeout=45)
-        assert spinner.poll() is None, "the core was busy throughout"
-        assert os.sched_getscheduler(shipper) == os.SCHED_BATCH
-        assert await metric(gateway.url, "gateway_event_shipper_starved_total") >= 1
-        assert collections.Counter(event["request_id"] for _, event, _ in records) == {rid: 2 for rid in ids}
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(kafka_bootstrap, unique_topic, tmp_path):

@@ -312,3 +312,17 @@ def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> N
     assert steady["closed_ratio_ci95"][0] >= 0.90  # pairs that agree pin the ratio ...
     assert swinging["closed_ratio_ci95"][0] < 0.85 < 0.95 < swinging["closed_ratio_ci95"][1]  # ... pairs that swing do not
     assert summarise([{"off": cpu, "on": cpu}], pairs([0.9, 0.9]))["closed_ratio_ci95"] is None  # too few to say
+
+
+def test_a_logging_cost_run_whose_events_were_not_all_in_kafka_afterwards_does_not_count() -> None:
+    from loadtests.logging_cost import summarise
+
+    side = {"achieved_rate": 1000.0, "cpu": {"steal": 0.0, "loop_waiting": 0.0},
+            "shipped": {"answers": 100.0, "queued": 1.0, "delivered": 1.0, "spooled": 0.0}}
+    cpu = {"us_per_request": {"machine": 100.0}}
+    rounds, slices = [{"off": cpu, "on": cpu}], [{"off": side, "on": side}] * 4
+    all_there = {"delivered": 1.002, "spooled": 0.0, "dropped": 0.0, "unshipped": 0.0}
+    assert summarise(rounds, slices, all_there)["run_counts"]
+    assert summarise(rounds, slices)["run_counts"]  # runs from before the check are judged on the rest
+    for missing in ({"delivered": 0.86, "spooled": 0.14}, {"delivered": 0.99}, {"unshipped": 3.0}):
+        assert not summarise(rounds, slices, {**all_there, **missing})["run_counts"]

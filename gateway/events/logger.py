@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
@@ -99,7 +99,6 @@ class EventLogger:
         compression: str | None = _CONFIGURED.compression,
         stall_timeout: float = _CONFIGURED.stall_timeout_ms / 1000,
         create_topics: tuple[list[str], int, int] | None = None,
-        on_late: Callable[[float], None] | None = None,
     ):
         self.topic = topic
         self.spool = spool
@@ -125,7 +124,6 @@ class EventLogger:
         # shipper's own clock (`_own_time`), which the stall detection goes by.
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float, float]] = {}
         self._late = 0.0  # seconds the shipper woke late so far (starved of CPU, or busy with its own work)
-        self._on_late = on_late  # told how late each tick of `_watch` fired (cpu_share.CpuShare.update)
         self._in_flight_records = 0
         self._abandoned: dict[asyncio.Future, int] = {}
         self._spooling = not spool.drained  # records left from an earlier run go first
@@ -338,10 +336,7 @@ class EventLogger:
         while True:
             due = time.monotonic() + interval
             await asyncio.sleep(interval)
-            late = max(0.0, time.monotonic() - due)
-            self._late += late
-            if self._on_late is not None:
-                self._on_late(late)
+            self._late += max(0.0, time.monotonic() - due)
             oldest = min((t for _, _, t in self._in_flight.values()), default=None)
             if oldest is not None and self._own_time() - oldest > self.stall_timeout:
                 self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])

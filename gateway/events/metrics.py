@@ -17,7 +17,3 @@ EVENT_DELIVERY_LATENCY = Histogram(
     "gateway_event_delivery_seconds", "Time from handing an event to the producer to Kafka's acknowledgement.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-EVENT_SHIPPER_YIELDING = Gauge(
-    "gateway_event_shipper_yielding", "1 while the event shipper runs only on cores scoring leaves idle (SCHED_IDLE).")
-EVENT_SHIPPER_STARVED = Counter(
-    "gateway_event_shipper_starved", "Times the yielding event shipper got too little CPU and took the gateway's share.")

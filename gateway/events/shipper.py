@@ -217,17 +217,14 @@ class _Inbox(asyncio.Protocol):
 
 
 async def _ship(sock: socket.socket, settings: dict[str, Any]) -> None:
-    from .cpu_share import CpuShare  # here, not at the top: both define metrics the gateway only re-exports
     from .logger import EventLogger
 
-    cpu = CpuShare(settings["cpu"])
-    cpu.start()
     spool = await asyncio.to_thread(DiskSpool.locked, settings["spool_dir"], settings["spool_max_bytes"],
                                     settings["spool_segment_bytes"], settings["spool_fsync"])
     logger = EventLogger(
         settings["bootstrap_servers"], settings["topic"], spool, queue_size=settings["queue_size"],
         linger_ms=settings["linger_ms"], compression=settings["compression"],
-        stall_timeout=settings["stall_timeout"], create_topics=settings["create_topics"], on_late=cpu.update,
+        stall_timeout=settings["stall_timeout"], create_topics=settings["create_topics"],
     )
     await logger.start()
     loop = asyncio.get_running_loop()
@@ -258,11 +255,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)  # a background group may still write to the terminal
     os.setpgid(0, 0)
+    # Logging must keep up with what it logs and never preempt a request. SCHED_BATCH: a shipper
+    # waking up waits for the running request to finish its slice instead of preempting it. At
+    # the gateway's own priority: niced (10), it got ~5% of a core when every core was busy
+    # against the ~10% it needed, its own confirmations came seconds late, and the stall
+    # detection took a healthy broker for a slow one and spooled (docs/benchmarks/logging-cost.md).
+    if hasattr(os, "sched_setscheduler"):  # Linux
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[shipper]: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     import uvloop
 
-    from . import cpu_share, logger  # noqa: F401  imported before the freeze below
+    from . import logger  # noqa: F401  imported before the freeze below
     # Every event allocates a few short-lived dicts and lists and no reference cycles, so the
     # default collector (a pass every 700 allocations, over ever more survivors) cost ~40% of
     # the shipper's CPU; collect rarely, and never rescan what start-up left behind.
