@@ -225,7 +225,8 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
 
 def _pooled_ratio_interval(pairs: list[dict[str, Any]]) -> list[float] | None:
     """95% bootstrap interval of the pooled on/off ratio, resampling whole pairs: how far this
-    run's figure may be from what the same harness reads on another day (pairs swing with the host)."""
+    run's figure may be from the host's state it ran in (pairs swing with the host; runs hours
+    apart have read outside each other's intervals)."""
     if len(pairs) < 3:
         return None
     on = np.array([s["on"]["achieved_rate"] for s in pairs])
@@ -323,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summarise:
         data = orjson.loads(Path(args.summarise).read_bytes())
-        print(orjson.dumps(summarise(data["rounds"], data["slices"], data.get("delivery_after_slices")), option=orjson.OPT_INDENT_2).decode())
+        summary = summarise(data["rounds"], data["slices"], data.get("delivery_after_slices"))
+        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         return 0
     data = run(args)
     s = data["summary"]
