@@ -47,7 +47,8 @@ bench: install models kafka tools
 # Event logging on vs off (demo config, shadow challenger): CPU per request and closed-loop
 # throughput, alternated rounds; method and results in docs/benchmarks/logging-cost.md.
 bench-logging: install models kafka
-	deploy/with-kafka.sh $(BIN)/python -m loadtests.logging_cost --quiet-wait 30 --out docs/benchmarks/logging-cost.json
+	deploy/with-kafka.sh $(BIN)/python -m loadtests.logging_cost --quiet-wait 30 \
+	  --out docs/benchmarks/logging-cost/run-$$(git rev-parse --short HEAD 2>/dev/null || echo local).json
 
 clean:
 	rm -rf $(VENV) .cache models
