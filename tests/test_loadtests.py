@@ -273,20 +273,24 @@ def test_a_server_pause_shows_in_open_loop_percentiles_but_not_in_closed_loop() 
 
 # --- the logging-cost benchmark's verdict -----------------------------------------------------
 
+_ROUNDS = [{"off": {"us_per_request": {"machine": 100.0}}, "on": {"us_per_request": {"machine": 100.0}}}]
+
+
+def _side(rate: float, queued: float = 1.0, spooled: float = 0.0, steal: float = 0.0, waiting: float = 0.0) -> dict:
+    """One side of a closed-loop slice pair, as logging_cost.closed_loop reports it."""
+    return {"achieved_rate": rate, "cpu": {"steal": steal, "loop_waiting": waiting},
+            "shipped": {"answers": 100.0, "queued": queued, "delivered": queued, "spooled": spooled}}
+
+
 def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_were_not_stolen() -> None:
     from loadtests.logging_cost import summarise
 
-    def side(rate: float, queued: float = 1.0, spooled: float = 0.0, steal: float = 0.0, waiting: float = 0.0) -> dict:
-        return {"achieved_rate": rate, "cpu": {"steal": steal, "loop_waiting": waiting},
-                "shipped": {"answers": 100.0, "queued": queued, "delivered": queued, "spooled": spooled}}
-
-    cpu = {"us_per_request": {"machine": 100.0}}
-    slices = [{"off": side(1000, waiting=0.01), "on": side(900, waiting=0.05)},
-              {"off": side(1000), "on": side(1200, queued=0.5)},  # deferred its logging: not counted
-              {"off": side(1000), "on": side(1100, spooled=1.0)},  # Kafka stalled, events spooled: not counted
-              {"off": side(1200), "on": side(1020)},
-              {"off": side(600, steal=0.4), "on": side(1000)}]  # the hypervisor took the "off" cores: not counted
-    summary = summarise([{"off": cpu, "on": cpu}], slices)
+    slices = [{"off": _side(1000, waiting=0.01), "on": _side(900, waiting=0.05)},
+              {"off": _side(1000), "on": _side(1200, queued=0.5)},  # deferred its logging: not counted
+              {"off": _side(1000), "on": _side(1100, spooled=1.0)},  # Kafka stalled, events spooled: not counted
+              {"off": _side(1200), "on": _side(1020)},
+              {"off": _side(600, steal=0.4), "on": _side(1000)}]  # the hypervisor took the "off" cores: not counted
+    summary = summarise(_ROUNDS, slices)
     assert (summary["slices_kept_up"], summary["pairs_with_steal"]) == ("3 of 5", "1 of 3")
     assert summary["closed_ratio"] == round(1920 / 2200, 3)
     assert summary["closed_pair_ratio_median"] == round((0.9 + 0.85) / 2, 3)
@@ -299,30 +303,24 @@ def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> N
     from loadtests.logging_cost import summarise
 
     def pairs(ratios: list[float]) -> list[dict]:
-        side = lambda rate: {"achieved_rate": rate, "cpu": {"steal": 0.0, "loop_waiting": 0.0},  # noqa: E731
-                             "shipped": {"answers": 100.0, "queued": 1.0, "delivered": 1.0, "spooled": 0.0}}
-        return [{"off": side(1000.0), "on": side(1000.0 * r)} for r in ratios]
+        return [{"off": _side(1000.0), "on": _side(1000.0 * r)} for r in ratios]
 
-    cpu = {"us_per_request": {"machine": 100.0}}
-    steady = summarise([{"off": cpu, "on": cpu}], pairs([0.91, 0.92, 0.90, 0.91, 0.92, 0.90, 0.91, 0.92]))
-    swinging = summarise([{"off": cpu, "on": cpu}], pairs([0.75, 1.05, 0.80, 1.02, 0.78, 1.04, 0.83, 1.01]))
+    steady = summarise(_ROUNDS, pairs([0.91, 0.92, 0.90, 0.91, 0.92, 0.90, 0.91, 0.92]))
+    swinging = summarise(_ROUNDS, pairs([0.75, 1.05, 0.80, 1.02, 0.78, 1.04, 0.83, 1.01]))
     for summary in (steady, swinging):
         low, high = summary["closed_ratio_ci95"]
         assert low <= summary["closed_ratio"] <= high
     assert steady["closed_ratio_ci95"][0] >= 0.90  # pairs that agree pin the ratio ...
     assert swinging["closed_ratio_ci95"][0] < 0.85 < 0.95 < swinging["closed_ratio_ci95"][1]  # ... pairs that swing do not
-    assert summarise([{"off": cpu, "on": cpu}], pairs([0.9, 0.9]))["closed_ratio_ci95"] is None  # too few to say
+    assert summarise(_ROUNDS, pairs([0.9, 0.9]))["closed_ratio_ci95"] is None  # too few to say
 
 
 def test_a_logging_cost_run_whose_events_were_not_all_in_kafka_afterwards_does_not_count() -> None:
     from loadtests.logging_cost import summarise
 
-    side = {"achieved_rate": 1000.0, "cpu": {"steal": 0.0, "loop_waiting": 0.0},
-            "shipped": {"answers": 100.0, "queued": 1.0, "delivered": 1.0, "spooled": 0.0}}
-    cpu = {"us_per_request": {"machine": 100.0}}
-    rounds, slices = [{"off": cpu, "on": cpu}], [{"off": side, "on": side}] * 4
+    slices = [{"off": _side(1000.0), "on": _side(1000.0)}] * 4
     all_there = {"delivered": 1.002, "spooled": 0.0, "dropped": 0.0, "unshipped": 0.0}
-    assert summarise(rounds, slices, all_there)["run_counts"]
-    assert summarise(rounds, slices)["run_counts"]  # runs from before the check are judged on the rest
+    assert summarise(_ROUNDS, slices, all_there)["run_counts"]
+    assert summarise(_ROUNDS, slices)["run_counts"]  # runs from before the check are judged on the rest
     for missing in ({"delivered": 0.86, "spooled": 0.14}, {"delivered": 0.99}, {"unshipped": 3.0}):
-        assert not summarise(rounds, slices, {**all_there, **missing})["run_counts"]
+        assert not summarise(_ROUNDS, slices, {**all_there, **missing})["run_counts"]
