@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 
 import aiohttp
@@ -221,3 +223,82 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
             assert (count("delivered"), count("spooled")) == (100 * (round_ + 1), 0)
     finally:
         await logger.stop()
+
+
+
+async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spool(unique_topic, tmp_path):
+    """aiokafka takes a batch only once the broker has taken the one before, so a send can wait.
+    That wait is judged in the shipper's own time as well: starved for twice `stall_timeout`
+    while Kafka made room, the shipper must send, not spool (it once judged the wait by the wall
+    clock, and a healthy broker's events went to the spool at saturation). A fake send stands in
+    for the waiting one: a real broker cannot be made to hold a batch on cue."""
+    def count(outcome: str) -> float:
+        return REGISTRY.get_sample_value("gateway_events_total", {"topic": unique_topic, "outcome": outcome}) or 0.0
+
+    loop = asyncio.get_running_loop()
+    waiting, room = asyncio.Event(), asyncio.Event()
+
+    async def send_once_there_is_room(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+        waiting.set()
+        await room.wait()
+        confirmed = loop.create_future()
+        confirmed.set_result(None)
+        return [(confirmed, wires)]
+
+    async with _drain_and_watch(unique_topic, tmp_path, send_once_there_is_room) as logger:
+        logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+        deadline = time.monotonic() + 10
+        await asyncio.wait_for(waiting.wait(), 5)
+        threading.Timer(0.5, loop.call_soon_threadsafe, (room.set,)).start()  # room is made meanwhile
+        time.sleep(2.0)  # starved for twice stall_timeout
+        while count("delivered") + count("spooled") < 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.025)
+        assert (count("delivered"), count("spooled")) == (100, 0)
+
+
+async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic, tmp_path):
+    async def send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+        await asyncio.Event().wait()
+
+    async with _drain_and_watch(unique_topic, tmp_path, send_never) as logger:
+        logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+        deadline = time.monotonic() + 10
+        while logger.spool.size_bytes == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        spooled, _ = logger.spool.read(1000)
+        assert [w.key for w in spooled] == [b"r%d" % i for i in range(100)]
+
+
+async def test_a_send_still_waiting_for_kafka_at_shutdown_goes_to_the_spool(unique_topic, tmp_path):
+    async def send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+        await asyncio.Event().wait()
+
+    async with _drain_and_watch(unique_topic, tmp_path, send_never, stall_timeout=60.0) as logger:
+        logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+        while logger._queue:
+            await asyncio.sleep(0.01)
+        await logger.stop(timeout=0.5)
+    spooled, _ = DiskSpool(tmp_path, 1 << 20).read(1000)
+    assert [w.key for w in spooled] == [b"r%d" % i for i in range(100)]
+
+
+@contextlib.asynccontextmanager
+async def _drain_and_watch(topic: str, spool_dir, send, stall_timeout: float = 1.0):
+    """An EventLogger whose Kafka send is `send`: only its drain and its watch run."""
+    logger = EventLogger("127.0.0.1:1", topic, DiskSpool(spool_dir, 1 << 20), linger_ms=5, stall_timeout=stall_timeout)
+    logger._send = send
+    logger._producer = _NoProducer()  # connected, as far as the drain can tell
+    logger._tasks = [asyncio.create_task(logger._drain()), asyncio.create_task(logger._watch())]
+    try:
+        yield logger
+    finally:
+        for task in logger._tasks:
+            task.cancel()
+        await asyncio.gather(*logger._tasks, return_exceptions=True)
+
+
+class _NoProducer:
+    """What `_fail` closes when it gives up on a send: nothing to close."""
+
+    async def stop(self) -> None:
+        pass

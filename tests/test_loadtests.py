@@ -324,3 +324,25 @@ def test_a_logging_cost_run_whose_events_were_not_all_in_kafka_afterwards_does_n
     assert summarise(_ROUNDS, slices)["run_counts"]  # runs from before the check are judged on the rest
     for missing in ({"delivered": 0.86, "spooled": 0.14}, {"delivered": 0.99}, {"unshipped": 3.0}):
         assert not summarise(_ROUNDS, slices, {**all_there, **missing})["run_counts"]
+
+
+def test_a_logging_cost_run_keeps_the_shippers_reasons_for_spooling(tmp_path, caplog) -> None:
+    """The harness reads them from the gateway's log: it must still find the lines the shipper writes."""
+    from gateway.events.logger import EventLogger
+    from gateway.events.spool import DiskSpool
+    from loadtests.logging_cost import delivery_failures
+
+    class Producer:  # a connected one, for `_fail` to give up on and close
+        async def stop(self) -> None:
+            pass
+
+    async def give_up() -> None:
+        logger = EventLogger("127.0.0.1:1", "scoring.events", DiskSpool(tmp_path, 1 << 20))
+        logger._producer = Producer()
+        logger._fail("send: Kafka took no batch within 2.0 s", [])
+        await asyncio.sleep(0.01)
+
+    with caplog.at_level("WARNING", logger="gateway.events"):
+        asyncio.run(give_up())
+    lines = delivery_failures("2026-11-26 14:00:00,000 INFO gateway.events[shipper]: connected\n" + caplog.text)
+    assert len(lines) == 1 and "Kafka took no batch within 2.0 s" in lines[0]

@@ -4,7 +4,8 @@
 task packs them into Kafka record batches per partition itself (one future per batch, not per
 record: per-record sends cost more CPU than the scoring they log) and hands them to an
 idempotent aiokafka producer (acks=all), tracking each batch until Kafka confirms it. When
-Kafka is down or slow (a send or a confirmation takes longer than `stall_timeout`), records go
+Kafka is down or slow (a send or a confirmation takes longer than `stall_timeout` of the
+shipper's own time, `_watch`), records go
 to the disk spool instead, and so does everything after them, so order is kept; a replay task
 sends the spool back in order once the broker answers again, then delivery returns to direct
 mode.
@@ -124,6 +125,9 @@ class EventLogger:
         # shipper's own clock (`_own_time`), which the stall detection goes by.
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float, float]] = {}
         self._late = 0.0  # seconds the shipper woke late so far (starved of CPU, or busy with its own work)
+        # The send under way (aiokafka waits for room in its queue: the broker has not taken the
+        # batches before) and when it started on the shipper's own clock; `_watch` judges it.
+        self._sending: tuple[asyncio.Future, float] | None = None
         self._in_flight_records = 0
         self._abandoned: dict[asyncio.Future, int] = {}
         self._spooling = not spool.drained  # records left from an earlier run go first
@@ -164,7 +168,7 @@ class EventLogger:
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._queue or self._in_flight or (self._spooling and not self.spool.drained
+        while (self._queue or self._sending or self._in_flight or (self._spooling and not self.spool.drained
                and self._producer is not None)) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
@@ -286,12 +290,22 @@ class EventLogger:
             if self._spooling or self._producer is None or self._in_flight_records >= self.MAX_IN_FLIGHT:
                 self._enter_spooling(wires)
                 continue
+            sending = asyncio.ensure_future(self._send(wires))
+            self._sending = (sending, self._own_time())
             try:
-                async with asyncio.timeout(self.stall_timeout):
-                    sent = await self._send(wires)
-            except Exception as exc:  # Kafka is not taking data
-                self._fail(f"send: {exc!r}", wires)
+                await asyncio.wait((sending,))
+            except asyncio.CancelledError:  # stopping: these records are in no queue, so spool them
+                sending.cancel()
+                self._to_spool(wires)
+                raise
+            finally:
+                self._sending = None
+            if sending.cancelled() or sending.exception() is not None:  # Kafka is not taking data
+                reason = (f"Kafka took no batch within {self.stall_timeout:.1f} s" if sending.cancelled()
+                          else repr(sending.exception()))
+                self._fail(f"send: {reason}", wires)
                 continue
+            sent = sending.result()
             now, own = time.monotonic(), self._own_time()
             for future, records in sent:
                 self._in_flight[future] = (records, now, own)
@@ -326,9 +340,10 @@ class EventLogger:
             metrics.EVENT_DELIVERY_LATENCY.observe(time.monotonic() - sent_at)
 
     async def _watch(self) -> None:
-        """Spools records whose confirmation is overdue, so memory stays bounded while Kafka is away.
+        """Spools records whose confirmation is overdue, so memory stays bounded while Kafka is away,
+        and ends a send that has waited too long for room in aiokafka's queue (its records are spooled).
 
-        Overdue in the shipper's own time: while it could not run (every core busy, or its own
+        Overdue in the shipper's own time, for both: while it could not run (every core busy, or its own
         long burst), its batches may not even have been sent, and Kafka's confirmations wait
         unread in its socket (the loop runs due timers before it reads sockets). So the time it
         woke late is not counted against Kafka; counted, it spooled a healthy broker's events."""
@@ -337,9 +352,12 @@ class EventLogger:
             due = time.monotonic() + interval
             await asyncio.sleep(interval)
             self._late += max(0.0, time.monotonic() - due)
+            now = self._own_time()
             oldest = min((t for _, _, t in self._in_flight.values()), default=None)
-            if oldest is not None and self._own_time() - oldest > self.stall_timeout:
+            if oldest is not None and now - oldest > self.stall_timeout:
                 self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])
+            if self._sending is not None and now - self._sending[1] > self.stall_timeout:
+                self._sending[0].cancel()  # the drain spools its records
             metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
             metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
 
