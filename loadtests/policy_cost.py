@@ -43,6 +43,27 @@ def shadowed_events(request_id: str, action: dict) -> list[tuple[str, dict]]:
             for version, role in (("1", "champion"), ("2", "challenger"))]
 
 
+def shadowed_request() -> tuple[np.ndarray, dict[str, Prediction], dict]:
+    """A shadowed request on the demo wine route: its input row, each version's prediction with
+    the scoring log its worker writes, and the action served (version 1's probabilities)."""
+    rng = np.random.default_rng(0)
+    row = rng.random((1, 13), dtype=np.float32)
+    outputs = {v: {"label": np.array([i]), "probabilities": rng.random((1, 3), dtype=np.float32)} for i, v in
+               enumerate(("1", "2"))}
+    predictions = {v: Prediction(o, 1.0, 1, scoring_log({"input": row}, o)) for v, o in outputs.items()}
+    return row, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
+
+
+def handed_over(count: int, row: np.ndarray, predictions: dict[str, Prediction], action: dict) -> bytes:
+    """What the gateway's loop hands the shipper for `count` such requests (new ids): one frame."""
+    pending: list[bytes] = []
+    for _ in range(count):
+        request = InferRequest(new_id(), {"input": row}, 1)
+        for version, fields in shadowed_events(request.id, action):
+            pending += serialised(fields, request, predictions[version])
+    return frame(pending)
+
+
 def main(calls: int = 100_000) -> None:
     tracker = ExperimentTracker()
     for name, route in ROUTES.items():
@@ -54,28 +75,17 @@ def main(calls: int = 100_000) -> None:
     remember = lambda: hub.remember(new_id(), "wine", "wine:shadow", plan.policy, plan.serve, plan.reason, label.copy())
     print(f"remember a prediction: {timeit.timeit(remember, number=calls) / calls * 1e6:.2f} us")
 
-    rng = np.random.default_rng(0)
-    row = rng.random((1, 13), dtype=np.float32)
-    outputs = {v: {"label": np.array([i]), "probabilities": rng.random((1, 3), dtype=np.float32)} for i, v in
-               enumerate(("1", "2"))}
-    log = {v: scoring_log({"input": row}, o) for v, o in outputs.items()}  # the workers write these
-    predictions = {v: Prediction(o, 1.0, 1, log[v]) for v, o in outputs.items()}
-    action = {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
+    row, predictions, action = shadowed_request()
     batch = 100
 
     def log_shadowed_requests() -> bytes:
-        pending = []
-        for _ in range(batch):
-            request = InferRequest(new_id(), {"input": row}, 1)
-            for version, fields in shadowed_events(request.id, action):
-                pending += serialised(fields, request, predictions[version])
-        return frame(pending)
+        return handed_over(batch, row, predictions, action)
 
     rounds = calls // batch
     gateway_us = timeit.timeit(log_shadowed_requests, number=rounds) / (rounds * batch) * 1e6
     print(f"log a shadowed request (2 events), gateway loop: {gateway_us:.2f} us")
-    handed_over = log_shadowed_requests()
-    shipper_us = timeit.timeit(lambda: wires_from_batches(handed_over, "scoring.events"), number=rounds) / (rounds * batch) * 1e6
+    one_frame = log_shadowed_requests()
+    shipper_us = timeit.timeit(lambda: wires_from_batches(one_frame, "scoring.events"), number=rounds) / (rounds * batch) * 1e6
     print(f"build its 2 Kafka records, event shipper: {shipper_us:.2f} us")
 
 

@@ -16,7 +16,6 @@ import tempfile
 import time
 from typing import Any
 
-import numpy as np
 
 from loadtests import host, servers
 
@@ -38,16 +37,9 @@ async def measure(bootstrap: str, rate: float, seconds: float, windows: int) -> 
     from gateway.codecs.v2 import InferRequest
     from gateway.events.records import new_id
     from gateway.events.shipper import EventShipper
-    from gateway.parallel.pool import Prediction
-    from loadtests.policy_cost import shadowed_events
-    from scorers.protocol import scoring_log
+    from loadtests.policy_cost import shadowed_events, shadowed_request
 
-    rng = np.random.default_rng(0)
-    row = rng.random((1, 13), dtype=np.float32)
-    outputs = {v: {"label": np.array([i]), "probabilities": rng.random((1, 3), dtype=np.float32)}
-               for i, v in enumerate(("1", "2"))}
-    predictions = {v: Prediction(o, 1.0, 1, scoring_log({"input": row}, o)) for v, o in outputs.items()}
-    action = {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
+    row, predictions, action = shadowed_request()
     with tempfile.TemporaryDirectory(prefix="shipper-cost-") as spool:
         shipper = EventShipper(_settings(bootstrap, spool))
         await shipper.start()
