@@ -16,7 +16,6 @@ import tempfile
 import time
 from typing import Any
 
-
 from loadtests import host, servers
 
 

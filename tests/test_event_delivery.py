@@ -202,9 +202,6 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
     """When every core is busy the shipper may not run for longer than `stall_timeout`, while
     Kafka's confirmations wait in its socket: on waking it must read them before it judges Kafka
     (it once took a healthy broker for a stalled one and spooled, docs/benchmarks/logging-cost.md)."""
-    def count(outcome: str) -> float:
-        return REGISTRY.get_sample_value("gateway_events_total", {"topic": unique_topic, "outcome": outcome}) or 0.0
-
     logger = EventLogger(kafka_bootstrap, unique_topic, DiskSpool(tmp_path, 1 << 20), linger_ms=5,
                          stall_timeout=1.0, create_topics=([unique_topic], 1, 1))
     await logger.start()
@@ -218,12 +215,12 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
                 await asyncio.sleep(0)
             assert logger._in_flight, "the batch was never sent"
             time.sleep(2.0)  # starved for twice stall_timeout: the confirmation arrives meanwhile, unread
-            while count("delivered") + count("spooled") < 100 * (round_ + 1) and time.monotonic() < deadline:
+            settled = 100 * (round_ + 1)
+            while _count(unique_topic, "delivered") + _count(unique_topic, "spooled") < settled and time.monotonic() < deadline:
                 await asyncio.sleep(0.025)
-            assert (count("delivered"), count("spooled")) == (100 * (round_ + 1), 0)
+            assert (_count(unique_topic, "delivered"), _count(unique_topic, "spooled")) == (settled, 0)
     finally:
         await logger.stop()
-
 
 
 async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spool(unique_topic, tmp_path):
@@ -232,9 +229,6 @@ async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spo
     while Kafka made room, the shipper must send, not spool (it once judged the wait by the wall
     clock, and a healthy broker's events went to the spool at saturation). A fake send stands in
     for the waiting one: a real broker cannot be made to hold a batch on cue."""
-    def count(outcome: str) -> float:
-        return REGISTRY.get_sample_value("gateway_events_total", {"topic": unique_topic, "outcome": outcome}) or 0.0
-
     loop = asyncio.get_running_loop()
     waiting, room = asyncio.Event(), asyncio.Event()
 
@@ -251,9 +245,9 @@ async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spo
         await asyncio.wait_for(waiting.wait(), 5)
         threading.Timer(0.5, loop.call_soon_threadsafe, (room.set,)).start()  # room is made meanwhile
         time.sleep(2.0)  # starved for twice stall_timeout
-        while count("delivered") + count("spooled") < 100 and time.monotonic() < deadline:
+        while _count(unique_topic, "delivered") + _count(unique_topic, "spooled") < 100 and time.monotonic() < deadline:
             await asyncio.sleep(0.025)
-        assert (count("delivered"), count("spooled")) == (100, 0)
+        assert (_count(unique_topic, "delivered"), _count(unique_topic, "spooled")) == (100, 0)
 
 
 async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafka_bootstrap, unique_topic, tmp_path):
@@ -278,10 +272,7 @@ async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafk
 
 
 async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic, tmp_path):
-    async def send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
-        await asyncio.Event().wait()
-
-    async with _drain_and_watch(unique_topic, tmp_path, send_never) as logger:
+    async with _drain_and_watch(unique_topic, tmp_path, _send_never) as logger:
         logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
         deadline = time.monotonic() + 10
         while logger.spool.size_bytes == 0 and time.monotonic() < deadline:
@@ -291,10 +282,7 @@ async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic,
 
 
 async def test_a_send_still_waiting_for_kafka_at_shutdown_goes_to_the_spool(unique_topic, tmp_path):
-    async def send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
-        await asyncio.Event().wait()
-
-    async with _drain_and_watch(unique_topic, tmp_path, send_never, stall_timeout=60.0) as logger:
+    async with _drain_and_watch(unique_topic, tmp_path, _send_never, stall_timeout=60.0) as logger:
         logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
         while logger._queue:
             await asyncio.sleep(0.01)
@@ -316,6 +304,15 @@ async def _drain_and_watch(topic: str, spool_dir, send, stall_timeout: float = 1
         for task in logger._tasks:
             task.cancel()
         await asyncio.gather(*logger._tasks, return_exceptions=True)
+
+
+def _count(topic: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("gateway_events_total", {"topic": topic, "outcome": outcome}) or 0.0
+
+
+async def _send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+    """A Kafka that never makes room for a batch."""
+    await asyncio.Event().wait()
 
 
 class _NoProducer:

@@ -331,14 +331,11 @@ def test_a_logging_cost_run_keeps_the_shippers_reasons_for_spooling(tmp_path, ca
     from gateway.events.logger import EventLogger
     from gateway.events.spool import DiskSpool
     from loadtests.logging_cost import delivery_failures
-
-    class Producer:  # a connected one, for `_fail` to give up on and close
-        async def stop(self) -> None:
-            pass
+    from tests.test_event_delivery import _NoProducer
 
     async def give_up() -> None:
         logger = EventLogger("127.0.0.1:1", "scoring.events", DiskSpool(tmp_path, 1 << 20))
-        logger._producer = Producer()
+        logger._producer = _NoProducer()  # connected, for `_fail` to give up on
         logger._fail("send: Kafka took no batch within 2.0 s", [])
         await asyncio.sleep(0.01)
 

@@ -248,7 +248,8 @@ class EventLogger:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _send(self, wires: list[WireRecord], at_once: bool = False) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+    async def _send(self, wires: list[WireRecord],
+                    at_once: bool = False) -> list[tuple[asyncio.Future, list[WireRecord]]]:
         """Packs records into one batch per partition (more when a batch fills) and sends them;
         `at_once`: without lingering in aiokafka's queue (aiokafka sends a closed batch at once).
 
