@@ -289,7 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for outcome in ("delivered", "spooled", "dropped")}
         delivery["unshipped"] = after.get("unshipped", 0.0) - before.get("unshipped", 0.0)
         print(f"{AFTER_SLICES:.0f} s after the last slice: {delivery} of the {answered:,.0f} model answers", flush=True)
-        failures = delivery_failures(Path(gateways["on"].log.name).read_text(errors="replace"))
+        failures = delivery_failures(gateways["on"].log_text())
         for line in failures:
             print(f"  {line}", flush=True)
     return {"settings": vars(args), "machine": host.describe_machine(), "broker_warmup": warm, "quiet": quiet,
@@ -300,7 +300,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def delivery_failures(log: str) -> list[str]:
     """The shipper's lines of a gateway's log that say why it gave up on Kafka and spooled: with a
     healthy broker on this host, which of its stall rules fired is what a run that spooled must tell."""
-    return [line.strip() for line in log.splitlines() if "Kafka delivery failed" in line]
+    from gateway.events.logger import DELIVERY_FAILED
+
+    return [line.strip() for line in log.splitlines() if DELIVERY_FAILED in line]
 
 
 def _setting(text: str) -> tuple[str, Any]:

@@ -75,16 +75,12 @@ def main(calls: int = 100_000) -> None:
     remember = lambda: hub.remember(new_id(), "wine", "wine:shadow", plan.policy, plan.serve, plan.reason, label.copy())
     print(f"remember a prediction: {timeit.timeit(remember, number=calls) / calls * 1e6:.2f} us")
 
-    row, predictions, action = shadowed_request()
+    request = shadowed_request()
     batch = 100
-
-    def log_shadowed_requests() -> bytes:
-        return handed_over(batch, row, predictions, action)
-
     rounds = calls // batch
-    gateway_us = timeit.timeit(log_shadowed_requests, number=rounds) / (rounds * batch) * 1e6
+    gateway_us = timeit.timeit(lambda: handed_over(batch, *request), number=rounds) / (rounds * batch) * 1e6
     print(f"log a shadowed request (2 events), gateway loop: {gateway_us:.2f} us")
-    one_frame = log_shadowed_requests()
+    one_frame = handed_over(batch, *request)
     shipper_us = timeit.timeit(lambda: wires_from_batches(one_frame, "scoring.events"), number=rounds) / (rounds * batch) * 1e6
     print(f"build its 2 Kafka records, event shipper: {shipper_us:.2f} us")
 

@@ -78,8 +78,12 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.name} was not ready within {timeout:.0f} s:\n{self.tail()}")
 
+    def log_text(self) -> str:
+        """Everything the process has written to stdout and stderr so far."""
+        return Path(self.log.name).read_text(errors="replace")
+
     def tail(self, lines: int = 20) -> str:
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGCONT (in case an experiment left it paused), SIGTERM, and SIGKILL if it hangs."""

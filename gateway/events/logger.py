@@ -37,6 +37,7 @@ from .topics import ensure_topics
 _CONFIGURED = KafkaConfig()  # the logger's defaults are the config's, so the two cannot drift apart
 
 log = logging.getLogger("gateway.events")
+DELIVERY_FAILED = "Kafka delivery failed"  # how the log says the shipper gave up on Kafka and spooled
 
 
 def _lz4_fast_level(payload: Any) -> bytes:
@@ -240,7 +241,7 @@ class EventLogger:
         """
         self._enter_spooling(self._take_in_flight() + unsent)
         if self._producer is not None:
-            log.warning("Kafka delivery failed (%s); spooling events and reconnecting", reason)
+            log.warning("%s (%s); spooling events and reconnecting", DELIVERY_FAILED, reason)
             old, self._producer = self._producer, None
             task = asyncio.create_task(self._close(old))
             self._closers.add(task)
