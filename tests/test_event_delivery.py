@@ -271,6 +271,30 @@ async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafk
         await logger.stop(timeout=1)
 
 
+async def test_a_backlog_of_full_batches_is_sent_without_lingering_batch_by_batch(kafka_bootstrap, unique_topic,
+                                                                                  tmp_path):
+    """A backlog (the broker was slow a moment, the shipper was starved) fills several batches for
+    one partition, and aiokafka takes a partition's next batch only once the one before is sent.
+    Full batches must go at once: each lingered first, so handing over n batches took n lingers,
+    the send was judged stalled, and a healthy broker's events went to the spool, then the next
+    backlog likewise, every 2-3 s (loadtests.shipper_cost on a fresh broker)."""
+    pad = b"x" * 1000
+    backlog = [WireRecord(unique_topic, b"k", b'{"n":%d,"pad":"%s"}' % (i, pad), []) for i in range(4000)]  # ~4 MB
+    logger = EventLogger(kafka_bootstrap, unique_topic, DiskSpool(tmp_path, 1 << 30), linger_ms=1000,
+                         stall_timeout=2.5, create_topics=([unique_topic], 1, 1))
+    await logger.start()
+    try:
+        deadline = time.monotonic() + 60
+        while logger._producer is None and time.monotonic() < deadline:  # connected (before, events go to the spool)
+            await asyncio.sleep(0.05)
+        logger.log_wires(backlog)  # one drain turn: four full batches and a part, for one partition
+        while _count(unique_topic, "delivered") + _count(unique_topic, "spooled") < 4000 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert (_count(unique_topic, "delivered"), _count(unique_topic, "spooled")) == (4000, 0)
+    finally:
+        await logger.stop()
+
+
 async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic, tmp_path):
     async with _drain_and_watch(unique_topic, tmp_path, _send_never) as logger:
         logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])

@@ -79,7 +79,10 @@ PROPS
 
 launch() {
   local port="$1" dir="$2"
+  # GC and safepoint pauses logged beside the broker's own log: a broker that stops answering
+  # for seconds under load is told apart from one starved of CPU (logs/gc.log, uptime stamps).
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    "-Xlog:gc,safepoint:file=$dir/logs/gc.log:time,uptime:filecount=2,filesize=20m" \
     -Dlog4j2.configurationFile="$HERE/log4j2.properties" -Dkafka.logs.dir="$dir/logs" \
     -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" > "$dir/logs/stdout.log" 2>&1 &
   echo $! > "$dir/broker.pid"

@@ -184,6 +184,7 @@ class EventLogger:
         self._to_spool(self._take_in_flight() + leftover)
         if self._producer is not None:
             await self._close(self._producer)
+        await asyncio.gather(*self._closers, return_exceptions=True)  # producers given up on, still closing
         self.spool.close()
         log.info("event log stopped: %d bytes left in the spool for the next start", self.spool.size_bytes)
 
@@ -252,7 +253,8 @@ class EventLogger:
     async def _send(self, wires: list[WireRecord],
                     at_once: bool = False) -> list[tuple[asyncio.Future, list[WireRecord]]]:
         """Packs records into one batch per partition (more when a batch fills) and sends them;
-        `at_once`: without lingering in aiokafka's queue (aiokafka sends a closed batch at once).
+        full batches go without lingering in aiokafka's queue (it sends a closed batch at once),
+        and with `at_once` the last batch of each partition too.
 
         Returns each batch's future with its records. Raises if Kafka does not take a batch.
         """
@@ -267,7 +269,11 @@ class EventLogger:
             while start < len(group):
                 batch = producer.create_batch()
                 end = _append(batch, group, start)
-                if at_once:
+                # A full batch is closed so that aiokafka sends it without lingering: the next batch
+                # for its partition waits until it is sent, so a backlog of n batches a partition
+                # took n lingers to hand over (2 s at 4 batches), the send was judged stalled, and a
+                # healthy broker's events went to the spool, again and again (docs/events.md).
+                if at_once or end < len(group):
                     batch.close()
                 if end == start:
                     raise ValueError(f"an event of {len(group[start].value)} bytes exceeds the producer's batch size")
