@@ -47,7 +47,7 @@ async def measure(bootstrap: str, backlog: int, rate: float, max_seconds: float)
                     logger.log_wires(burst)
                     sent += len(burst)
                     due -= len(burst)
-                if not logger._spooling:
+                if not logger.spooling:
                     resumed = elapsed
                     break
                 await asyncio.sleep(0.01)

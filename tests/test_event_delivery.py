@@ -77,9 +77,11 @@ async def test_a_30_second_broker_outage_loses_no_event_and_fails_no_request(
     load = asyncio.create_task(traffic(url, stop, answered, failed, "outage"))
     await asyncio.sleep(5)
     before_outage = len(answered)
+    assert await metric(gateway.url, "gateway_event_spooling") == 0
     await asyncio.to_thread(private_broker.stop)
     await asyncio.sleep(30)
     during_outage = len(answered) - before_outage
+    assert await metric(gateway.url, "gateway_event_spooling") == 1, "the metric says events go to the spool"
     await asyncio.to_thread(private_broker.start)
     await asyncio.sleep(10)
     stop.set()
@@ -90,6 +92,7 @@ async def test_a_30_second_broker_outage_loses_no_event_and_fails_no_request(
     spooled = await metric(gateway.url, "gateway_events_total", outcome="spooled")
     assert spooled > 0, "the outage sent events to the spool"
     await wait_for_metric(gateway.url, "gateway_event_spool_bytes", lambda v: v == 0)
+    assert await wait_for_metric(gateway.url, "gateway_event_spooling", lambda v: v == 0) == 0, "back to direct delivery"
     assert await metric(gateway.url, "gateway_events_total", outcome="dropped") == 0
 
     records = await read_topic(private_broker.bootstrap, unique_topic, expected=2 * len(answered), timeout=120)

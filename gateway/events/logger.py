@@ -135,7 +135,7 @@ class EventLogger:
         self._sending: tuple[asyncio.Future, float] | None = None
         self._in_flight_records = 0
         self._abandoned: dict[asyncio.Future, int] = {}
-        self._spooling = not spool.drained  # records left from an earlier run go first
+        self._set_spooling(not spool.drained)  # records left from an earlier run go first
         self._spool_full = False
         self._tasks: list[asyncio.Task] = []
         self._closers: set[asyncio.Task] = set()
@@ -382,8 +382,17 @@ class EventLogger:
 
     # -- spooling and replay ------------------------------------------------------------------
 
+    @property
+    def spooling(self) -> bool:
+        """Whether new events go to the spool rather than straight to Kafka (`gateway_event_spooling`)."""
+        return self._spooling
+
+    def _set_spooling(self, spooling: bool) -> None:
+        self._spooling = spooling
+        metrics.EVENT_SPOOLING.set(1 if spooling else 0)
+
     def _enter_spooling(self, wires: list[WireRecord]) -> None:
-        self._spooling = True
+        self._set_spooling(True)
         self._to_spool(wires)
 
     def _to_spool(self, wires: list[WireRecord]) -> None:
@@ -411,7 +420,7 @@ class EventLogger:
                 # Nothing unread: back to direct delivery (no await between check and switch).
                 if self.spool.empty:
                     self.spool.acknowledge(position)
-                    self._spooling = False
+                    self._set_spooling(False)
                     metrics.EVENT_SPOOL_BYTES.set(self.spool.size_bytes)
                     log.info("spool replayed; delivering events directly again")
                 await asyncio.sleep(0.05)

@@ -12,6 +12,10 @@ EVENTS = Counter(
 EVENT_QUEUE_DEPTH = Gauge("gateway_event_queue_depth", "Events waiting to be handed to the Kafka producer.")
 EVENTS_IN_FLIGHT = Gauge("gateway_events_in_flight", "Events sent to Kafka and not yet confirmed.")
 EVENT_SPOOL_BYTES = Gauge("gateway_event_spool_bytes", "Bytes of events waiting in the disk spool.")
+EVENT_SPOOLING = Gauge(
+    "gateway_event_spooling",
+    "1 while new events go to the disk spool instead of straight to Kafka (Kafka down or slow, until the replay catches up).",
+)
 EVENT_SPOOL_FULL = Gauge("gateway_event_spool_full", "1 while the spool is at its size limit and new events are dropped.")
 EVENT_DELIVERY_LATENCY = Histogram(
     "gateway_event_delivery_seconds", "Time from handing an event to the producer to Kafka's acknowledgement.",
