@@ -210,8 +210,7 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
     await logger.start()
     try:
         deadline = time.monotonic() + 60
-        while logger._producer is None and time.monotonic() < deadline:  # connected (before, events go to the spool)
-            await asyncio.sleep(0.05)
+        await _connected(logger, deadline)
         for round_ in range(3):
             logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
             while not logger._in_flight and time.monotonic() < deadline:  # until the round's batch is sent
@@ -219,9 +218,7 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
             assert logger._in_flight, "the batch was never sent"
             time.sleep(2.0)  # starved for twice stall_timeout: the confirmation arrives meanwhile, unread
             settled = 100 * (round_ + 1)
-            while _count(unique_topic, "delivered") + _count(unique_topic, "spooled") < settled and time.monotonic() < deadline:
-                await asyncio.sleep(0.025)
-            assert (_count(unique_topic, "delivered"), _count(unique_topic, "spooled")) == (settled, 0)
+            assert await _settled(unique_topic, settled, deadline) == (settled, 0)
     finally:
         await logger.stop()
 
@@ -248,9 +245,7 @@ async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spo
         await asyncio.wait_for(waiting.wait(), 5)
         threading.Timer(0.5, loop.call_soon_threadsafe, (room.set,)).start()  # room is made meanwhile
         time.sleep(2.0)  # starved for twice stall_timeout
-        while _count(unique_topic, "delivered") + _count(unique_topic, "spooled") < 100 and time.monotonic() < deadline:
-            await asyncio.sleep(0.025)
-        assert (_count(unique_topic, "delivered"), _count(unique_topic, "spooled")) == (100, 0)
+        assert await _settled(unique_topic, 100, deadline) == (100, 0)
 
 
 async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafka_bootstrap, unique_topic, tmp_path):
@@ -265,9 +260,7 @@ async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafk
                          create_topics=([unique_topic], 1, 1))
     await logger.start()
     try:
-        deadline = time.monotonic() + 60
-        while logger._producer is None and time.monotonic() < deadline:  # the topic is created (one partition)
-            await asyncio.sleep(0.05)
+        await _connected(logger, time.monotonic() + 60)  # the topic is created (one partition)
         records = await read_topic(kafka_bootstrap, unique_topic, 50, timeout=60)
         assert [key for key, _, _ in records] == [b"r%d" % i for i in range(50)]
     finally:
@@ -288,12 +281,9 @@ async def test_a_backlog_of_full_batches_is_sent_without_lingering_batch_by_batc
     await logger.start()
     try:
         deadline = time.monotonic() + 60
-        while logger._producer is None and time.monotonic() < deadline:  # connected (before, events go to the spool)
-            await asyncio.sleep(0.05)
+        await _connected(logger, deadline)
         logger.log_wires(backlog)  # one drain turn: four full batches and a part, for one partition
-        while _count(unique_topic, "delivered") + _count(unique_topic, "spooled") < 4000 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert (_count(unique_topic, "delivered"), _count(unique_topic, "spooled")) == (4000, 0)
+        assert await _settled(unique_topic, 4000, deadline) == (4000, 0)
     finally:
         await logger.stop()
 
@@ -335,6 +325,19 @@ async def _drain_and_watch(topic: str, spool_dir, send, stall_timeout: float = 1
 
 def _count(topic: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("gateway_events_total", {"topic": topic, "outcome": outcome}) or 0.0
+
+
+async def _connected(logger: EventLogger, deadline: float) -> None:
+    """Until the logger has a producer (before that, events go to the spool)."""
+    while logger._producer is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def _settled(topic: str, events: int, deadline: float) -> tuple[float, float]:
+    """(delivered, spooled) once `events` are one or the other, or at the deadline."""
+    while _count(topic, "delivered") + _count(topic, "spooled") < events and time.monotonic() < deadline:
+        await asyncio.sleep(0.025)
+    return _count(topic, "delivered"), _count(topic, "spooled")
 
 
 async def _send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
