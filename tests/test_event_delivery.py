@@ -205,12 +205,8 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
     """When every core is busy the shipper may not run for longer than `stall_timeout`, while
     Kafka's confirmations wait in its socket: on waking it must read them before it judges Kafka
     (it once took a healthy broker for a stalled one and spooled, docs/benchmarks/logging-cost.md)."""
-    logger = EventLogger(kafka_bootstrap, unique_topic, DiskSpool(tmp_path, 1 << 20), linger_ms=5,
-                         stall_timeout=1.0, create_topics=([unique_topic], 1, 1))
-    await logger.start()
-    try:
+    async with _connected_logger(kafka_bootstrap, unique_topic, tmp_path, linger_ms=5, stall_timeout=1.0) as logger:
         deadline = time.monotonic() + 60
-        await _connected(logger, deadline)
         for round_ in range(3):
             logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
             while not logger._in_flight and time.monotonic() < deadline:  # until the round's batch is sent
@@ -219,8 +215,6 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
             time.sleep(2.0)  # starved for twice stall_timeout: the confirmation arrives meanwhile, unread
             settled = 100 * (round_ + 1)
             assert await _settled(unique_topic, settled, deadline) == (settled, 0)
-    finally:
-        await logger.stop()
 
 
 async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spool(unique_topic, tmp_path):
@@ -256,15 +250,9 @@ async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafk
     spool = DiskSpool(tmp_path, 1 << 20)
     spool.append([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(50)])
     spool.close()
-    logger = EventLogger(kafka_bootstrap, unique_topic, DiskSpool(tmp_path, 1 << 20), linger_ms=120_000,
-                         create_topics=([unique_topic], 1, 1))
-    await logger.start()
-    try:
-        await _connected(logger, time.monotonic() + 60)  # the topic is created (one partition)
+    async with _connected_logger(kafka_bootstrap, unique_topic, tmp_path, linger_ms=120_000, stop_timeout=1):
         records = await read_topic(kafka_bootstrap, unique_topic, 50, timeout=60)
         assert [key for key, _, _ in records] == [b"r%d" % i for i in range(50)]
-    finally:
-        await logger.stop(timeout=1)
 
 
 async def test_a_backlog_of_full_batches_is_sent_without_lingering_batch_by_batch(kafka_bootstrap, unique_topic,
@@ -276,16 +264,9 @@ async def test_a_backlog_of_full_batches_is_sent_without_lingering_batch_by_batc
     backlog likewise, every 2-3 s (loadtests.shipper_cost on a fresh broker)."""
     pad = b"x" * 1000
     backlog = [WireRecord(unique_topic, b"k", b'{"n":%d,"pad":"%s"}' % (i, pad), []) for i in range(4000)]  # ~4 MB
-    logger = EventLogger(kafka_bootstrap, unique_topic, DiskSpool(tmp_path, 1 << 30), linger_ms=1000,
-                         stall_timeout=2.5, create_topics=([unique_topic], 1, 1))
-    await logger.start()
-    try:
-        deadline = time.monotonic() + 60
-        await _connected(logger, deadline)
+    async with _connected_logger(kafka_bootstrap, unique_topic, tmp_path, linger_ms=1000, stall_timeout=2.5) as logger:
         logger.log_wires(backlog)  # one drain turn: four full batches and a part, for one partition
-        assert await _settled(unique_topic, 4000, deadline) == (4000, 0)
-    finally:
-        await logger.stop()
+        assert await _settled(unique_topic, 4000, time.monotonic() + 60) == (4000, 0)
 
 
 async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic, tmp_path):
@@ -327,10 +308,19 @@ def _count(topic: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("gateway_events_total", {"topic": topic, "outcome": outcome}) or 0.0
 
 
-async def _connected(logger: EventLogger, deadline: float) -> None:
-    """Until the logger has a producer (before that, events go to the spool)."""
-    while logger._producer is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+@contextlib.asynccontextmanager
+async def _connected_logger(bootstrap: str, topic: str, spool_dir, stop_timeout: float = 15.0, **settings):
+    """A started EventLogger on a new one-partition `topic`, once it has a producer (before that,
+    events go to the spool); stopped afterwards."""
+    logger = EventLogger(bootstrap, topic, DiskSpool(spool_dir, 1 << 30), create_topics=([topic], 1, 1), **settings)
+    await logger.start()
+    try:
+        deadline = time.monotonic() + 60
+        while logger._producer is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        yield logger
+    finally:
+        await logger.stop(timeout=stop_timeout)
 
 
 async def _settled(topic: str, events: int, deadline: float) -> tuple[float, float]:
