@@ -5,10 +5,9 @@ task packs them into Kafka record batches per partition itself (one future per b
 record: per-record sends cost more CPU than the scoring they log) and hands them to an
 idempotent aiokafka producer (acks=all), tracking each batch until Kafka confirms it. When
 Kafka is down or slow (a send or a confirmation takes longer than `stall_timeout` of the
-shipper's own time, `_watch`), records go
-to the disk spool instead, and so does everything after them, so order is kept; a replay task
-sends the spool back in order once the broker answers again, then delivery returns to direct
-mode.
+shipper's own time, `_watch`), records go to the disk spool instead, and so does everything
+after them, so order is kept; a replay task sends the spool back in order once the broker
+answers again, then delivery returns to direct mode (`gateway_event_spooling` says which).
 
 Delivery is at least once: a record handed to the spool while its first send was still pending
 can arrive twice (counted as `resent`); `event_id` identifies duplicates downstream.
