@@ -268,10 +268,8 @@ class EventLogger:
             while start < len(group):
                 batch = producer.create_batch()
                 end = _append(batch, group, start)
-                # A full batch is closed so that aiokafka sends it without lingering: the next batch
-                # for its partition waits until it is sent, so a backlog of n batches a partition
-                # took n lingers to hand over (2 s at 4 batches), the send was judged stalled, and a
-                # healthy broker's events went to the spool, again and again (docs/events.md).
+                # A full batch goes at once: the partition's next one waits until it is sent, so n
+                # lingering full batches took n lingers and the send was judged stalled (docs/events.md).
                 if at_once or end < len(group):
                     batch.close()
                 if end == start:
