@@ -289,13 +289,79 @@ async def test_a_send_still_waiting_for_kafka_at_shutdown_goes_to_the_spool(uniq
     assert [w.key for w in spooled] == [b"r%d" % i for i in range(100)]
 
 
+async def test_a_replay_turn_that_fails_part_way_counts_every_copy_kafka_confirms_twice_as_resent(unique_topic,
+                                                                                                 tmp_path):
+    """A replay turn is sent at once as several batches; if one is not confirmed in time, the
+    turn is read again from the spool, so the batches Kafka had confirmed, or confirms late,
+    arrive twice. Each must count as resent (the turn once cancelled its pending batches and
+    counted nothing, though Kafka may still take them). A fake send: a real broker cannot be made
+    to confirm one batch of a produce request and not the other."""
+    loop = asyncio.get_running_loop()
+    records = [WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)]
+    _spooled(tmp_path, records)
+    late: list[asyncio.Future] = []
+
+    async def confirm_half_then_all(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+        first, second = loop.create_future(), loop.create_future()
+        first.set_result(None)
+        if not late:
+            late.append(second)  # confirmed only after the turn has been given up on
+        else:
+            second.set_result(None)
+        return [(first, wires[:60]), (second, wires[60:])]
+
+    async with _drain_and_watch(unique_topic, tmp_path, confirm_half_then_all, stall_timeout=0.2,
+                                tasks=("_replay", "_watch")) as logger:
+        assert await _replayed(logger, 100, time.monotonic() + 10)
+        assert _count(unique_topic, "resent") == 60  # the first turn's confirmed batch, sent again
+        late[0].set_result(None)
+        await asyncio.sleep(0.05)
+        assert _count(unique_topic, "resent") == 100
+
+
+async def test_a_replay_turn_starved_of_cpu_is_not_judged_stalled(unique_topic, tmp_path):
+    """Like a send and a confirmation, a replay turn is judged in the shipper's own time: starved
+    for longer than the turn may take while Kafka confirmed it, the shipper must not give the
+    broker up and replay the turn again (it judged the turn by the wall clock)."""
+    loop = asyncio.get_running_loop()
+    records = [WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)]
+    _spooled(tmp_path, records)
+    sends = []
+
+    async def confirmed_while_starved(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+        confirmed = loop.create_future()
+        sends.append(wires)
+        threading.Timer(0.2, loop.call_soon_threadsafe, (confirmed.set_result, None)).start()
+        time.sleep(2.0)  # starved for 2 s, more than the turn's 5 x 0.2 s
+        return [(confirmed, wires)]
+
+    async with _drain_and_watch(unique_topic, tmp_path, confirmed_while_starved, stall_timeout=0.2,
+                                tasks=("_replay", "_watch")) as logger:
+        assert await _replayed(logger, 100, time.monotonic() + 10)
+        assert len(sends) == 1 and _count(unique_topic, "resent") == 0
+
+
+def _spooled(spool_dir, records: list[WireRecord]) -> None:
+    spool = DiskSpool(spool_dir, 1 << 20)
+    spool.append(records)
+    spool.close()
+
+
+async def _replayed(logger: EventLogger, events: int, deadline: float) -> bool:
+    """Whether the spool's `events` were replayed and delivery went direct again, by the deadline."""
+    while (logger.spooling or _count(logger.topic, "replayed") < events) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    return not logger.spooling and _count(logger.topic, "replayed") == events
+
+
 @contextlib.asynccontextmanager
-async def _drain_and_watch(topic: str, spool_dir, send, stall_timeout: float = 1.0):
-    """An EventLogger whose Kafka send is `send`: only its drain and its watch run."""
+async def _drain_and_watch(topic: str, spool_dir, send, stall_timeout: float = 1.0, tasks=("_drain", "_watch")):
+    """An EventLogger whose Kafka send is `send`: only its `tasks` run (by default, its drain and its watch)."""
     logger = EventLogger("127.0.0.1:1", topic, DiskSpool(spool_dir, 1 << 20), linger_ms=5, stall_timeout=stall_timeout)
     logger._send = send
     logger._producer = _NoProducer()  # connected, as far as the drain can tell
-    logger._tasks = [asyncio.create_task(logger._drain()), asyncio.create_task(logger._watch())]
+    logger._tasks = [asyncio.create_task(getattr(logger, task)()) for task in tasks]
+    logger._tasks.append(asyncio.create_task(_reconnect(logger)))
     try:
         yield logger
     finally:
@@ -333,6 +399,14 @@ async def _settled(topic: str, events: int, deadline: float) -> tuple[float, flo
 async def _send_never(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
     """A Kafka that never makes room for a batch."""
     await asyncio.Event().wait()
+
+
+async def _reconnect(logger: EventLogger) -> None:
+    """A Kafka that takes a new producer at once, after the logger gave up on one."""
+    while True:
+        if logger._producer is None:
+            logger._producer = _NoProducer()
+        await asyncio.sleep(0.01)
 
 
 class _NoProducer:

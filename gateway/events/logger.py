@@ -91,6 +91,9 @@ class EventLogger:
     # spool. 2,000 per turn, lingering in aiokafka's queue, replayed 3,600 events/s and never
     # caught up with 7,000/s arriving (loadtests/spool_replay.py).
     REPLAY_BATCH = 20_000
+    # A replay turn may take this many `stall_timeout`s of the shipper's own time, from its send
+    # to Kafka's last confirmation, before Kafka is given up on: it is a whole spool read, sent at once.
+    REPLAY_STALLS = 5
     MAX_IN_FLIGHT = 50_000  # unconfirmed records beyond which new ones go to the spool (bounds memory)
     MAX_EVENT_BYTES = 1_000_000  # the broker's default message.max.bytes, with room for headers
 
@@ -108,6 +111,7 @@ class EventLogger:
         self.topic = topic
         self.spool = spool
         self.stall_timeout = stall_timeout
+        self._tick = min(0.25, stall_timeout / 4)  # how often overdue sends and confirmations are looked for
         self.linger = linger_ms / 1000
         self._create_topics = create_topics  # (names, partitions, replication factor)
         self._producer_args = dict(
@@ -359,10 +363,9 @@ class EventLogger:
         long burst), its batches may not even have been sent, and Kafka's confirmations wait
         unread in its socket (the loop runs due timers before it reads sockets). So the time it
         woke late is not counted against Kafka; counted, it spooled a healthy broker's events."""
-        interval = min(0.25, self.stall_timeout / 4)
         while True:
-            due = time.monotonic() + interval
-            await asyncio.sleep(interval)
+            due = time.monotonic() + self._tick
+            await asyncio.sleep(self._tick)
             self._late += max(0.0, time.monotonic() - due)
             now = self._own_time()
             oldest = min((t for _, _, t in self._in_flight.values()), default=None)
@@ -423,11 +426,7 @@ class EventLogger:
                 await asyncio.sleep(0.05)
                 continue
             try:
-                async with asyncio.timeout(self.stall_timeout * 5):
-                    futures = [future for future, _ in await self._send(records, at_once=True)]
-                    for future in futures:
-                        future.add_done_callback(_retrieve)
-                    await asyncio.gather(*futures)
+                await self._replay_turn(records)
             except Exception as exc:
                 self.spool.rewind()
                 self._fail(f"replay: {exc!r}", [])
@@ -436,8 +435,41 @@ class EventLogger:
             self._count["replayed"].inc(len(records))
             metrics.EVENT_SPOOL_BYTES.set(self.spool.size_bytes)
 
+    async def _replay_turn(self, records: list[WireRecord]) -> None:
+        """Sends one read of the spool at once and returns once Kafka has confirmed all of it.
 
-def _retrieve(future: asyncio.Future) -> None:
-    """Marks a replay future's exception as seen; the replay loop reports it."""
-    if not future.cancelled():
-        future.exception()
+        Raises if a batch fails, or if the turn takes over REPLAY_STALLS x `stall_timeout` of the
+        shipper's own time (a starved shipper judges no broker stalled, as in `_watch`). The spool
+        is then read again from the turn's start, so the batches Kafka confirmed, now or later,
+        arrive twice: they are counted as resent."""
+        started, limit = self._own_time(), self.stall_timeout * self.REPLAY_STALLS
+        sending = asyncio.ensure_future(self._send(records, at_once=True))
+        sent: list[tuple[asyncio.Future, list[WireRecord]]] = []
+        try:
+            await self._within_own_time([sending], started, limit)
+            sent = sending.result()
+            for future, _ in sent:
+                future.add_done_callback(self._on_delivery)  # counts it if it is abandoned below
+            await self._within_own_time([future for future, _ in sent], started, limit)
+        except BaseException:
+            sending.cancel()
+            for future, batch in sent:
+                if not future.done():
+                    self._abandoned[future] = len(batch)
+                elif not future.cancelled() and future.exception() is None:
+                    self._count["resent"].inc(len(batch))
+            raise
+
+    async def _within_own_time(self, futures: list[asyncio.Future], started: float, limit: float) -> None:
+        """Waits for `futures`; raises the first one's failure, or TimeoutError once more than
+        `limit` seconds of the shipper's own time have passed since `started`."""
+        pending = set(futures)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=self._tick, return_when=asyncio.FIRST_EXCEPTION)
+            for future in done:
+                if future.cancelled():
+                    raise RuntimeError("a replayed batch was cancelled")
+                if future.exception() is not None:
+                    raise future.exception()
+            if pending and self._own_time() - started > limit:
+                raise asyncio.TimeoutError(f"Kafka confirmed no replay turn within {limit:.1f} s")
