@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian tools the tests and benchmarks drive: kcat (read Kafka from the shell), wrk (HTTP load).
+# Debian tools the tests and benchmarks drive: kcat (read Kafka from the shell), wrk (HTTP load),
+# valgrind (loadtests.loop_instructions counts the request loop's instructions).
 tools:
-	@missing=""; for t in kcat wrk; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in kcat wrk valgrind; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \

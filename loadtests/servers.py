@@ -33,6 +33,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers(port: int, path: str) -> bool:
+    """Whether 127.0.0.1:`port` answers GET `path` with 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
 class Server:
     """A child process serving HTTP on 127.0.0.1:`port`; a context manager that always stops it."""
 
@@ -54,14 +66,7 @@ class Server:
         return self.process.pid
 
     def _ready(self) -> bool:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", self.ready_path)
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
+        return answers(self.port, self.ready_path)
 
     def start(self, timeout: float = 120.0) -> "Server":
         # Both: `python -m` (the gateway's shipper and workers) puts the working directory first.

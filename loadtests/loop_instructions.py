@@ -1,0 +1,129 @@
+"""Instructions the gateway's request loop executes per request, logging off and on (callgrind).
+
+On this host the wall clock cannot resolve a few percent: the VM's speed swings by 2x and the
+closed-loop on/off ratio's interval is +-4% after 40 pairs (docs/benchmarks/logging-cost.md).
+valgrind's callgrind counts the instructions a process executes, whatever else the machine is
+doing; the same code and load give the same count within about 1%. So this measures what the
+loop's own code costs, and what a change to it saves, exactly; what it cannot see is time lost
+to cache misses and to waiting for a core, which only the wall-clock harness shows.
+
+The demo gateway (shadow challenger) runs with its main process under callgrind (its workers and
+event shipper run natively); counting starts after a warm-up. It counts 20 s idle (what runs
+per second, not per request: Kafka clients, the shipper's metrics), then a fixed closed-loop
+load of the `standard` scenario, and reports the load's instructions per request less the idle
+rate over the load's duration. Under valgrind the loop runs ~30x slower, so per-second work
+weighs more per request than at full speed; that is why it is taken out.
+
+    deploy/with-kafka.sh .venv/bin/python -m loadtests.loop_instructions      # off, then on
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from loadtests import servers
+from loadtests.scenario import RequestFactory, load_scenario
+
+IDLE_SECONDS = 20.0
+CONNECTIONS = 8
+
+
+async def _client(port: int, requests: list[bytes]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for data in requests:
+            writer.write(data)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"the gateway answered {head[:200]!r}")
+            length = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            await reader.readexactly(int(length.group(1)))
+    finally:
+        writer.close()
+
+
+async def closed_loop(port: int, count: int, seed: int) -> float:
+    """Sends `count` requests of the standard scenario over CONNECTIONS connections; seconds taken."""
+    factory = RequestFactory(load_scenario("standard"), f"127.0.0.1:{port}", seed=seed, run_id=f"instr{seed}")
+    requests = [factory.make(i, 0.0).data for i in range(count)]
+    started = time.monotonic()
+    await asyncio.gather(*(_client(port, requests[i::CONNECTIONS]) for i in range(CONNECTIONS)))
+    return time.monotonic() - started
+
+
+def _instructions(path: Path) -> int:
+    out = subprocess.run(["callgrind_annotate", str(path)], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
+
+
+def measure(logging: bool, bootstrap: str, requests: int, workdir: Path) -> dict[str, float]:
+    """The loop's instructions per request (net of its idle rate) for one gateway, logging on or off."""
+    side = "on" if logging else "off"
+    port = servers.free_port()
+    config = servers.gateway_config(port, kafka_bootstrap=bootstrap if logging else None, shadow=True,
+                                    kafka_settings={"spool": {"directory": str(workdir / f"spool-{side}")}})
+    config_file = workdir / f"gateway-{side}.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    out = workdir / f"callgrind-{side}.out"
+    argv = ["valgrind", "--tool=callgrind", "--trace-children=no", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            sys.executable, "-m", "gateway", "--log-level", "warning", "serve", "--config", str(config_file)]
+    with open(workdir / f"gateway-{side}.log", "wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=servers.ROOT)
+    control = lambda *args: subprocess.run(["callgrind_control", *args, str(process.pid)], check=True,
+                                           capture_output=True, timeout=60)
+    try:
+        deadline = time.monotonic() + 600
+        while not servers.answers(port, "/v2/health/ready"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway under valgrind did not start; see {workdir}/gateway-{side}.log")
+            time.sleep(1)
+        asyncio.run(closed_loop(port, 300, seed=1))  # warm-up, not counted
+        control("--instr=on")
+        control("--zero")
+        time.sleep(IDLE_SECONDS)
+        control("--dump=idle")
+        seconds = asyncio.run(closed_loop(port, requests, seed=2))
+        control("--dump=load")
+        control("--instr=off")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+    idle, load = (_instructions(Path(f"{out}.{part}")) for part in (1, 2))
+    idle_rate = idle / IDLE_SECONDS
+    return {"requests": requests, "load_seconds": round(seconds, 1), "idle_per_second": round(idle_rate),
+            "per_request": round((load - idle_rate * seconds) / requests)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.loop_instructions", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="requests counted per side")
+    parser.add_argument("--sides", default="off,on", help="which gateways, in order: off, on or both")
+    args = parser.parse_args(argv)
+    if not shutil.which("callgrind_control"):
+        print("valgrind is not installed; run `make tools` (Debian package valgrind)", file=sys.stderr)
+        return 2
+    results = {}
+    with servers.kafka_broker() as (bootstrap, _), tempfile.TemporaryDirectory(prefix="loop-instr-") as workdir:
+        for side in args.sides.split(","):
+            results[side] = measure(side == "on", bootstrap, args.requests, Path(workdir))
+            print(f"logging {side}: {results[side]['per_request']:,} instructions per request in the loop "
+                  f"({results[side]})", flush=True)
+    if {"off", "on"} <= results.keys():
+        off, on = results["off"]["per_request"], results["on"]["per_request"]
+        print(f"=> logging adds {on - off:,} instructions per request to the loop ({(on - off) / off:+.1%})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
