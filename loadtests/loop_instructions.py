@@ -32,32 +32,31 @@ from pathlib import Path
 import yaml
 
 from loadtests import servers
+from loadtests.httpclient import ConnectionPool
 from loadtests.scenario import RequestFactory, load_scenario
 
 IDLE_SECONDS = 20.0
 CONNECTIONS = 8
 
 
-async def _client(port: int, requests: list[bytes]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for data in requests:
-            writer.write(data)
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"the gateway answered {head[:200]!r}")
-            length = re.search(rb"(?i)content-length:\s*(\d+)", head)
-            await reader.readexactly(int(length.group(1)))
-    finally:
-        writer.close()
-
-
 async def closed_loop(port: int, count: int, seed: int) -> float:
-    """Sends `count` requests of the standard scenario over CONNECTIONS connections; seconds taken."""
+    """Sends `count` requests of the standard scenario over CONNECTIONS connections, each waiting
+    for its answer before the next; seconds taken. Raises unless every answer is a 200."""
     factory = RequestFactory(load_scenario("standard"), f"127.0.0.1:{port}", seed=seed, run_id=f"instr{seed}")
     requests = [factory.make(i, 0.0).data for i in range(count)]
+    pool = ConnectionPool("127.0.0.1", port, CONNECTIONS)
+
+    async def connection(share: list[bytes]) -> None:
+        for data in share:
+            status, body = await pool.request(data, time.monotonic() + 60)
+            if status != 200:
+                raise RuntimeError(f"the gateway answered {status}: {body[:200]!r}")
+
     started = time.monotonic()
-    await asyncio.gather(*(_client(port, requests[i::CONNECTIONS]) for i in range(CONNECTIONS)))
+    try:
+        await asyncio.gather(*(connection(requests[i::CONNECTIONS]) for i in range(CONNECTIONS)))
+    finally:
+        pool.close()
     return time.monotonic() - started
 
 
@@ -79,8 +78,10 @@ def measure(logging: bool, bootstrap: str, requests: int, workdir: Path) -> dict
             sys.executable, "-m", "gateway", "--log-level", "warning", "serve", "--config", str(config_file)]
     with open(workdir / f"gateway-{side}.log", "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=servers.ROOT)
-    control = lambda *args: subprocess.run(["callgrind_control", *args, str(process.pid)], check=True,
-                                           capture_output=True, timeout=60)
+
+    def control(*args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(process.pid)], check=True, capture_output=True, timeout=60)
+
     try:
         deadline = time.monotonic() + 600
         while not servers.answers(port, "/v2/health/ready"):

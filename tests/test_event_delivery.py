@@ -233,7 +233,7 @@ async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spo
         confirmed.set_result(None)
         return [(confirmed, wires)]
 
-    async with _drain_and_watch(unique_topic, tmp_path, send_once_there_is_room) as logger:
+    async with _logger_sending_by(unique_topic, tmp_path, send_once_there_is_room) as logger:
         logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
         deadline = time.monotonic() + 10
         await asyncio.wait_for(waiting.wait(), 5)
@@ -270,7 +270,7 @@ async def test_a_backlog_of_full_batches_is_sent_without_lingering_batch_by_batc
 
 
 async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic, tmp_path):
-    async with _drain_and_watch(unique_topic, tmp_path, _send_never) as logger:
+    async with _logger_sending_by(unique_topic, tmp_path, _send_never) as logger:
         logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
         deadline = time.monotonic() + 10
         while logger.spool.size_bytes == 0 and time.monotonic() < deadline:
@@ -280,7 +280,7 @@ async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic,
 
 
 async def test_a_send_still_waiting_for_kafka_at_shutdown_goes_to_the_spool(unique_topic, tmp_path):
-    async with _drain_and_watch(unique_topic, tmp_path, _send_never, stall_timeout=60.0) as logger:
+    async with _logger_sending_by(unique_topic, tmp_path, _send_never, stall_timeout=60.0) as logger:
         logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
         while logger._queue:
             await asyncio.sleep(0.01)
@@ -301,7 +301,7 @@ async def test_a_replay_turn_that_fails_part_way_counts_every_copy_kafka_confirm
     _spooled(tmp_path, records)
     late: list[asyncio.Future] = []
 
-    async def confirm_half_then_all(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+    async def confirm_half_then_all(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list]]:
         first, second = loop.create_future(), loop.create_future()
         first.set_result(None)
         if not late:
@@ -310,7 +310,7 @@ async def test_a_replay_turn_that_fails_part_way_counts_every_copy_kafka_confirm
             second.set_result(None)
         return [(first, wires[:60]), (second, wires[60:])]
 
-    async with _drain_and_watch(unique_topic, tmp_path, confirm_half_then_all, stall_timeout=0.2,
+    async with _logger_sending_by(unique_topic, tmp_path, confirm_half_then_all, stall_timeout=0.2,
                                 tasks=("_replay", "_watch")) as logger:
         assert await _replayed(logger, 100, time.monotonic() + 10)
         assert _count(unique_topic, "resent") == 60  # the first turn's confirmed batch, sent again
@@ -328,14 +328,14 @@ async def test_a_replay_turn_starved_of_cpu_is_not_judged_stalled(unique_topic, 
     _spooled(tmp_path, records)
     sends = []
 
-    async def confirmed_while_starved(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list[WireRecord]]]:
+    async def confirmed_while_starved(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list]]:
         confirmed = loop.create_future()
         sends.append(wires)
         threading.Timer(0.2, loop.call_soon_threadsafe, (confirmed.set_result, None)).start()
         time.sleep(2.0)  # starved for 2 s, more than the turn's 5 x 0.2 s
         return [(confirmed, wires)]
 
-    async with _drain_and_watch(unique_topic, tmp_path, confirmed_while_starved, stall_timeout=0.2,
+    async with _logger_sending_by(unique_topic, tmp_path, confirmed_while_starved, stall_timeout=0.2,
                                 tasks=("_replay", "_watch")) as logger:
         assert await _replayed(logger, 100, time.monotonic() + 10)
         assert len(sends) == 1 and _count(unique_topic, "resent") == 0
@@ -355,8 +355,9 @@ async def _replayed(logger: EventLogger, events: int, deadline: float) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def _drain_and_watch(topic: str, spool_dir, send, stall_timeout: float = 1.0, tasks=("_drain", "_watch")):
-    """An EventLogger whose Kafka send is `send`: only its `tasks` run (by default, its drain and its watch)."""
+async def _logger_sending_by(topic: str, spool_dir, send, stall_timeout: float = 1.0, tasks=("_drain", "_watch")):
+    """An EventLogger whose Kafka send is `send`, and which gets a new producer at once when it
+    gives one up: only its `tasks` run (by default, its drain and its watch)."""
     logger = EventLogger("127.0.0.1:1", topic, DiskSpool(spool_dir, 1 << 20), linger_ms=5, stall_timeout=stall_timeout)
     logger._send = send
     logger._producer = _NoProducer()  # connected, as far as the drain can tell
