@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Awaitable
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
@@ -111,7 +111,6 @@ class EventLogger:
         self.topic = topic
         self.spool = spool
         self.stall_timeout = stall_timeout
-        self._tick = min(0.25, stall_timeout / 4)  # how often overdue sends and confirmations are looked for
         self.linger = linger_ms / 1000
         self._create_topics = create_topics  # (names, partitions, replication factor)
         self._producer_args = dict(
@@ -133,9 +132,11 @@ class EventLogger:
         # shipper's own clock (`_own_time`), which the stall detection goes by.
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float, float]] = {}
         self._late = 0.0  # seconds the shipper woke late so far (starved of CPU, or busy with its own work)
-        # The send under way (aiokafka waits for room in its queue: the broker has not taken the
-        # batches before) and when it started on the shipper's own clock; `_watch` judges it.
-        self._sending: tuple[asyncio.Future, float] | None = None
+        # The drain's send and the replay's turn under way (aiokafka waits for room in its queue
+        # while the broker has not taken the batches before; a turn also waits for Kafka to
+        # confirm it), each with when it started on the shipper's own clock and how long it may
+        # take: `_watch` cancels those overdue, and their callers spool or re-read their records.
+        self._under_way: dict[asyncio.Future, tuple[float, float]] = {}
         self._in_flight_records = 0
         self._abandoned: dict[asyncio.Future, int] = {}
         self._set_spooling(not spool.drained)  # records left from an earlier run go first
@@ -176,7 +177,7 @@ class EventLogger:
         self._closing = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while (self._queue or self._sending or self._in_flight or (self._spooling and not self.spool.drained
+        while (self._queue or self._under_way or self._in_flight or (self._spooling and not self.spool.drained
                and self._producer is not None)) and loop.time() < deadline:
             await asyncio.sleep(0.05)
         for task in self._tasks:
@@ -306,16 +307,11 @@ class EventLogger:
             if self._spooling or self._producer is None or self._in_flight_records >= self.MAX_IN_FLIGHT:
                 self._enter_spooling(wires)
                 continue
-            sending = asyncio.ensure_future(self._send(wires))
-            self._sending = (sending, self._own_time())
             try:
-                await asyncio.wait((sending,))
+                sending = await self._within(self._send(wires), self.stall_timeout)
             except asyncio.CancelledError:  # stopping: these records are in no queue, so spool them
-                sending.cancel()
                 self._to_spool(wires)
                 raise
-            finally:
-                self._sending = None
             if sending.cancelled() or sending.exception() is not None:  # Kafka is not taking data
                 reason = (f"Kafka took no batch within {self.stall_timeout:.1f} s" if sending.cancelled()
                           else repr(sending.exception()))
@@ -357,24 +353,41 @@ class EventLogger:
 
     async def _watch(self) -> None:
         """Spools records whose confirmation is overdue, so memory stays bounded while Kafka is away,
-        and ends a send that has waited too long for room in aiokafka's queue (its records are spooled).
+        and ends sends and replay turns under way for too long (`_within`: their records are
+        spooled, or read from the spool again).
 
         Overdue in the shipper's own time, for both: while it could not run (every core busy, or its own
         long burst), its batches may not even have been sent, and Kafka's confirmations wait
         unread in its socket (the loop runs due timers before it reads sockets). So the time it
         woke late is not counted against Kafka; counted, it spooled a healthy broker's events."""
+        interval = min(0.25, self.stall_timeout / 4)
         while True:
-            due = time.monotonic() + self._tick
-            await asyncio.sleep(self._tick)
+            due = time.monotonic() + interval
+            await asyncio.sleep(interval)
             self._late += max(0.0, time.monotonic() - due)
             now = self._own_time()
             oldest = min((t for _, _, t in self._in_flight.values()), default=None)
             if oldest is not None and now - oldest > self.stall_timeout:
                 self._fail(f"{self._in_flight_records} events unconfirmed for {self.stall_timeout:.1f} s", [])
-            if self._sending is not None and now - self._sending[1] > self.stall_timeout:
-                self._sending[0].cancel()  # the drain spools its records
+            for work, (started, limit) in list(self._under_way.items()):
+                if now - started > limit:
+                    work.cancel()
             metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
             metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
+
+    async def _within(self, work: Awaitable, limit: float) -> asyncio.Future:
+        """Runs `work` and returns its future once done: with its result, its exception, or
+        cancelled by `_watch` because it took over `limit` seconds of the shipper's own time."""
+        future = asyncio.ensure_future(work)
+        self._under_way[future] = (self._own_time(), limit)
+        try:
+            await asyncio.wait((future,))
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        finally:
+            del self._under_way[future]
+        return future
 
     def _own_time(self) -> float:
         """The shipper's own clock: monotonic time less the time it woke late (`_watch`)."""
@@ -425,51 +438,38 @@ class EventLogger:
                     log.info("spool replayed; delivering events directly again")
                 await asyncio.sleep(0.05)
                 continue
-            try:
-                await self._replay_turn(records)
-            except Exception as exc:
+            limit = self.stall_timeout * self.REPLAY_STALLS
+            turn = await self._within(self._replay_turn(records), limit)
+            if turn.cancelled() or turn.exception() is not None:
                 self.spool.rewind()
-                self._fail(f"replay: {exc!r}", [])
+                reason = (f"Kafka confirmed no turn within {limit:.1f} s" if turn.cancelled()
+                          else repr(turn.exception()))
+                self._fail(f"replay: {reason}", [])
                 continue
             self.spool.acknowledge(position)
             self._count["replayed"].inc(len(records))
             metrics.EVENT_SPOOL_BYTES.set(self.spool.size_bytes)
 
     async def _replay_turn(self, records: list[WireRecord]) -> None:
-        """Sends one read of the spool at once and returns once Kafka has confirmed all of it.
-
-        Raises if a batch fails, or if the turn takes over REPLAY_STALLS x `stall_timeout` of the
-        shipper's own time (a starved shipper judges no broker stalled, as in `_watch`). The spool
-        is then read again from the turn's start, so the batches Kafka confirmed, now or later,
-        arrive twice: they are counted as resent."""
-        started, limit = self._own_time(), self.stall_timeout * self.REPLAY_STALLS
-        sending = asyncio.ensure_future(self._send(records, at_once=True))
+        """Sends one read of the spool at once and returns once Kafka has confirmed all of it;
+        raises if a batch fails. If it fails, or is cancelled for taking too long (`_within`),
+        the spool is read again from the turn's start, so the batches Kafka confirmed, now or
+        later, arrive twice: they are counted as resent."""
         sent: list[tuple[asyncio.Future, list[WireRecord]]] = []
         try:
-            await self._within_own_time([sending], started, limit)
-            sent = sending.result()
+            sent = await self._send(records, at_once=True)
             for future, _ in sent:
                 future.add_done_callback(self._on_delivery)  # counts it if it is abandoned below
-            await self._within_own_time([future for future, _ in sent], started, limit)
+            done, _ = await asyncio.wait([future for future, _ in sent], return_when=asyncio.FIRST_EXCEPTION)
+            for future in done:
+                if future.cancelled():
+                    raise RuntimeError("a replayed batch was cancelled")
+                if future.exception() is not None:
+                    raise future.exception()
         except BaseException:
-            sending.cancel()
             for future, batch in sent:
                 if not future.done():
                     self._abandoned[future] = len(batch)
                 elif not future.cancelled() and future.exception() is None:
                     self._count["resent"].inc(len(batch))
             raise
-
-    async def _within_own_time(self, futures: list[asyncio.Future], started: float, limit: float) -> None:
-        """Waits for `futures`; raises the first one's failure, or TimeoutError once more than
-        `limit` seconds of the shipper's own time have passed since `started`."""
-        pending = set(futures)
-        while pending:
-            done, pending = await asyncio.wait(pending, timeout=self._tick, return_when=asyncio.FIRST_EXCEPTION)
-            for future in done:
-                if future.cancelled():
-                    raise RuntimeError("a replayed batch was cancelled")
-                if future.exception() is not None:
-                    raise future.exception()
-            if pending and self._own_time() - started > limit:
-                raise asyncio.TimeoutError(f"Kafka confirmed no replay turn within {limit:.1f} s")
