@@ -9,8 +9,9 @@ shipper's own time, `_watch`), records go to the disk spool instead, and so does
 after them, so order is kept; a replay task sends the spool back in order once the broker
 answers again, then delivery returns to direct mode (`gateway_event_spooling` says which).
 
-Delivery is at least once: a record handed to the spool while its first send was still pending
-can arrive twice (counted as `resent`); `event_id` identifies duplicates downstream.
+Delivery is at least once: a record handed to the spool while its first send was still pending,
+or read from the spool again after a replay turn failed part-way, can arrive twice (each copy
+Kafka confirms beyond the first is counted as `resent`); `event_id` identifies duplicates downstream.
 """
 from __future__ import annotations
 
