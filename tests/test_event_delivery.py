@@ -208,7 +208,7 @@ async def test_a_shipper_starved_of_cpu_does_not_spool_a_healthy_brokers_events(
     async with _connected_logger(kafka_bootstrap, unique_topic, tmp_path, linger_ms=5, stall_timeout=1.0) as logger:
         deadline = time.monotonic() + 60
         for round_ in range(3):
-            logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+            logger.log_wires(_records(unique_topic, 100))
             while not logger._in_flight and time.monotonic() < deadline:  # until the round's batch is sent
                 await asyncio.sleep(0)
             assert logger._in_flight, "the batch was never sent"
@@ -234,7 +234,7 @@ async def test_a_shipper_starved_while_kafka_makes_room_for_a_batch_does_not_spo
         return [(confirmed, wires)]
 
     async with _logger_sending_by(unique_topic, tmp_path, send_once_there_is_room) as logger:
-        logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+        logger.log_wires(_records(unique_topic, 100))
         deadline = time.monotonic() + 10
         await asyncio.wait_for(waiting.wait(), 5)
         threading.Timer(0.5, loop.call_soon_threadsafe, (room.set,)).start()  # room is made meanwhile
@@ -247,9 +247,7 @@ async def test_a_spool_is_replayed_without_waiting_for_the_producers_linger(kafk
     out at once instead of lingering in aiokafka's queue (it did: 3,600 events/s replayed, never
     catching up with 7,000/s arriving, loadtests/spool_replay.py). With a linger far longer than
     the wait here, only a replay that does not linger delivers the backlog in time."""
-    spool = DiskSpool(tmp_path, 1 << 20)
-    spool.append([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(50)])
-    spool.close()
+    _spooled(tmp_path, _records(unique_topic, 50))
     async with _connected_logger(kafka_bootstrap, unique_topic, tmp_path, linger_ms=120_000, stop_timeout=1):
         records = await read_topic(kafka_bootstrap, unique_topic, 50, timeout=60)
         assert [key for key, _, _ in records] == [b"r%d" % i for i in range(50)]
@@ -271,7 +269,7 @@ async def test_a_backlog_of_full_batches_is_sent_without_lingering_batch_by_batc
 
 async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic, tmp_path):
     async with _logger_sending_by(unique_topic, tmp_path, _send_never) as logger:
-        logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+        logger.log_wires(_records(unique_topic, 100))
         deadline = time.monotonic() + 10
         while logger.spool.size_bytes == 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -281,7 +279,7 @@ async def test_a_send_kafka_never_makes_room_for_goes_to_the_spool(unique_topic,
 
 async def test_a_send_still_waiting_for_kafka_at_shutdown_goes_to_the_spool(unique_topic, tmp_path):
     async with _logger_sending_by(unique_topic, tmp_path, _send_never, stall_timeout=60.0) as logger:
-        logger.log_wires([WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)])
+        logger.log_wires(_records(unique_topic, 100))
         while logger._queue:
             await asyncio.sleep(0.01)
         await logger.stop(timeout=0.5)
@@ -297,8 +295,7 @@ async def test_a_replay_turn_that_fails_part_way_counts_every_copy_kafka_confirm
     counted nothing, though Kafka may still take them). A fake send: a real broker cannot be made
     to confirm one batch of a produce request and not the other."""
     loop = asyncio.get_running_loop()
-    records = [WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)]
-    _spooled(tmp_path, records)
+    _spooled(tmp_path, _records(unique_topic, 100))
     late: list[asyncio.Future] = []
 
     async def confirm_half_then_all(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list]]:
@@ -324,8 +321,7 @@ async def test_a_replay_turn_starved_of_cpu_is_not_judged_stalled(unique_topic, 
     for longer than the turn may take while Kafka confirmed it, the shipper must not give the
     broker up and replay the turn again (it judged the turn by the wall clock)."""
     loop = asyncio.get_running_loop()
-    records = [WireRecord(unique_topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(100)]
-    _spooled(tmp_path, records)
+    _spooled(tmp_path, _records(unique_topic, 100))
     sends = []
 
     async def confirmed_while_starved(wires: list[WireRecord], at_once: bool) -> list[tuple[asyncio.Future, list]]:
@@ -339,6 +335,11 @@ async def test_a_replay_turn_starved_of_cpu_is_not_judged_stalled(unique_topic, 
                                 tasks=("_replay", "_watch")) as logger:
         assert await _replayed(logger, 100, time.monotonic() + 10)
         assert len(sends) == 1 and _count(unique_topic, "resent") == 0
+
+
+def _records(topic: str, count: int) -> list[WireRecord]:
+    """`count` small records keyed r0, r1, ... in order."""
+    return [WireRecord(topic, b"r%d" % i, b'{"n":%d}' % i, []) for i in range(count)]
 
 
 def _spooled(spool_dir, records: list[WireRecord]) -> None:

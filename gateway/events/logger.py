@@ -309,16 +309,13 @@ class EventLogger:
                 self._enter_spooling(wires)
                 continue
             try:
-                sending = await self._within(self._send(wires), self.stall_timeout)
+                sent, failure = await self._within(self._send(wires), self.stall_timeout, "took no batch")
             except asyncio.CancelledError:  # stopping: these records are in no queue, so spool them
                 self._to_spool(wires)
                 raise
-            if sending.cancelled() or sending.exception() is not None:  # Kafka is not taking data
-                reason = (f"Kafka took no batch within {self.stall_timeout:.1f} s" if sending.cancelled()
-                          else repr(sending.exception()))
-                self._fail(f"send: {reason}", wires)
+            if failure is not None:  # Kafka is not taking data
+                self._fail(f"send: {failure}", wires)
                 continue
-            sent = sending.result()
             now, own = time.monotonic(), self._own_time()
             for future, records in sent:
                 self._in_flight[future] = (records, now, own)
@@ -376,9 +373,10 @@ class EventLogger:
             metrics.EVENTS_IN_FLIGHT.set(self._in_flight_records)
             metrics.EVENT_QUEUE_DEPTH.set(len(self._queue))
 
-    async def _within(self, work: Awaitable, limit: float) -> asyncio.Future:
-        """Runs `work` and returns its future once done: with its result, its exception, or
-        cancelled by `_watch` because it took over `limit` seconds of the shipper's own time."""
+    async def _within(self, work: Awaitable, limit: float, overdue: str) -> tuple[Any, str | None]:
+        """Runs `work`: (its result, None), or (None, why it failed): it raised, or `_watch`
+        cancelled it for taking over `limit` seconds of the shipper's own time (then "Kafka
+        `overdue` within `limit` s")."""
         future = asyncio.ensure_future(work)
         self._under_way[future] = (self._own_time(), limit)
         try:
@@ -388,7 +386,11 @@ class EventLogger:
             raise
         finally:
             del self._under_way[future]
-        return future
+        if future.cancelled():
+            return None, f"Kafka {overdue} within {limit:.1f} s"
+        if future.exception() is not None:
+            return None, repr(future.exception())
+        return future.result(), None
 
     def _own_time(self) -> float:
         """The shipper's own clock: monotonic time less the time it woke late (`_watch`)."""
@@ -439,13 +441,11 @@ class EventLogger:
                     log.info("spool replayed; delivering events directly again")
                 await asyncio.sleep(0.05)
                 continue
-            limit = self.stall_timeout * self.REPLAY_STALLS
-            turn = await self._within(self._replay_turn(records), limit)
-            if turn.cancelled() or turn.exception() is not None:
+            _, failure = await self._within(self._replay_turn(records), self.stall_timeout * self.REPLAY_STALLS,
+                                            "confirmed no turn")
+            if failure is not None:
                 self.spool.rewind()
-                reason = (f"Kafka confirmed no turn within {limit:.1f} s" if turn.cancelled()
-                          else repr(turn.exception()))
-                self._fail(f"replay: {reason}", [])
+                self._fail(f"replay: {failure}", [])
                 continue
             self.spool.acknowledge(position)
             self._count["replayed"].inc(len(records))
