@@ -5,7 +5,9 @@ closed-loop on/off ratio's interval is +-4% after 40 pairs (docs/benchmarks/logg
 valgrind's callgrind counts the instructions a process executes, whatever else the machine is
 doing; the same code and load give the same count within about 1%. So this measures what the
 loop's own code costs, and what a change to it saves, exactly; what it cannot see is time lost
-to cache misses and to waiting for a core, which only the wall-clock harness shows.
+to cache misses and to waiting for a core, which only the wall-clock harness shows. With
+`--cache-sim` it also simulates the loop's own first- and last-level cache misses (not what
+other processes do to its caches, nor the second level, which valgrind does not model).
 
 The demo gateway (shadow challenger) runs with its main process under callgrind (its workers and
 event shipper run natively); counting starts after a warm-up. It counts 20 s idle (what runs
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -60,13 +62,23 @@ async def closed_loop(port: int, count: int, seed: int) -> float:
     return time.monotonic() - started
 
 
-def _instructions(path: Path) -> int:
-    out = subprocess.run(["callgrind_annotate", str(path)], capture_output=True, text=True, check=True).stdout
-    return int(re.search(r"([\d,]+) \(100\.0%\)\s+PROGRAM TOTALS", out).group(1).replace(",", ""))
+def _totals(path: Path) -> dict[str, int]:
+    """The counts callgrind dumped to `path`, by event: Ir (instructions) and, with the cache
+    simulation, misses (I1mr, D1mr, D1mw: first-level; ILmr, DLmr, DLmw: last-level)."""
+    names: list[str] = []
+    values: list[int] = []
+    for line in path.read_text().splitlines():
+        if line.startswith("events:"):
+            names = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            values = [int(v) for v in line.split()[1:]]
+    return dict(zip(names, values + [0] * (len(names) - len(values))))  # trailing zeros are left out
 
 
-def measure(logging: bool, bootstrap: str, requests: int, workdir: Path) -> dict[str, float]:
-    """The loop's instructions per request (net of its idle rate) for one gateway, logging on or off."""
+def measure(logging: bool, bootstrap: str, requests: int, workdir: Path, cache_sim: bool = False) -> dict[str, Any]:
+    """The loop's instructions per request (net of its idle rate) for one gateway, logging on or
+    off; with `cache_sim`, also its data reads and writes (Dr, Dw) and simulated cache misses per
+    request (`cache`)."""
     side = "on" if logging else "off"
     port = servers.free_port()
     config = servers.gateway_config(port, kafka_bootstrap=bootstrap if logging else None, shadow=True,
@@ -74,7 +86,8 @@ def measure(logging: bool, bootstrap: str, requests: int, workdir: Path) -> dict
     config_file = workdir / f"gateway-{side}.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     out = workdir / f"callgrind-{side}.out"
-    argv = ["valgrind", "--tool=callgrind", "--trace-children=no", "--instr-atstart=no", f"--callgrind-out-file={out}",
+    argv = ["valgrind", "--tool=callgrind", "--trace-children=no", "--instr-atstart=no",
+            f"--cache-sim={'yes' if cache_sim else 'no'}", f"--callgrind-out-file={out}",
             sys.executable, "-m", "gateway", "--log-level", "warning", "serve", "--config", str(config_file)]
     with open(workdir / f"gateway-{side}.log", "wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=servers.ROOT)
@@ -99,10 +112,13 @@ def measure(logging: bool, bootstrap: str, requests: int, workdir: Path) -> dict
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(120)
-    idle, load = (_instructions(Path(f"{out}.{part}")) for part in (1, 2))
-    idle_rate = idle / IDLE_SECONDS
-    return {"requests": requests, "load_seconds": round(seconds, 1), "idle_per_second": round(idle_rate),
-            "per_request": round((load - idle_rate * seconds) / requests)}
+    idle, load = (_totals(Path(f"{out}.{part}")) for part in (1, 2))
+    net = {event: round((load[event] - idle.get(event, 0) / IDLE_SECONDS * seconds) / requests) for event in load}
+    result: dict[str, Any] = {"requests": requests, "load_seconds": round(seconds, 1),
+                              "idle_per_second": round(idle["Ir"] / IDLE_SECONDS), "per_request": net.pop("Ir")}
+    if cache_sim:
+        result["cache"] = net
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000, help="requests counted per side")
     parser.add_argument("--sides", default="off,on", help="which gateways, in order: off, on or both")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also count the loop's data accesses and simulated cache misses per request (slower)")
     args = parser.parse_args(argv)
     if not shutil.which("callgrind_control"):
         print("valgrind is not installed; run `make tools` (Debian package valgrind)", file=sys.stderr)
@@ -117,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with servers.kafka_broker() as (bootstrap, _), tempfile.TemporaryDirectory(prefix="loop-instr-") as workdir:
         for side in args.sides.split(","):
-            results[side] = measure(side == "on", bootstrap, args.requests, Path(workdir))
+            results[side] = measure(side == "on", bootstrap, args.requests, Path(workdir), args.cache_sim)
             print(f"logging {side}: {results[side]['per_request']:,} instructions per request in the loop "
                   f"({results[side]})", flush=True)
     if {"off", "on"} <= results.keys():

@@ -19,7 +19,7 @@ from typing import Any
 from loadtests import host, servers
 
 
-def _settings(bootstrap: str, spool: str) -> dict[str, Any]:
+def settings(bootstrap: str, spool: str) -> dict[str, Any]:
     """The shipper's settings as gateway.server builds them from config/demo.yaml's defaults."""
     from gateway.config import KafkaConfig
 
@@ -31,37 +31,41 @@ def _settings(bootstrap: str, spool: str) -> dict[str, Any]:
             "create_topics": [["scoring.events"], 6, 1]}
 
 
-async def measure(bootstrap: str, rate: float, seconds: float, windows: int) -> list[float]:
-    """CPU µs of the shipper per shadowed request (two events), per window."""
+async def feed(shipper: Any, rate: float, duration: float) -> int:
+    """Hands `shipper` (an EventShipper) the events of `rate` shadowed requests a second for
+    `duration` seconds, as the gateway's loop does (its fields and the workers' scoring logs,
+    every 2 ms); how many requests it handed over."""
     from gateway.codecs.v2 import InferRequest
     from gateway.events.records import new_id
-    from gateway.events.shipper import EventShipper
     from loadtests.policy_cost import shadowed_events, shadowed_request
 
     row, predictions, action = shadowed_request()
+    start, sent = time.monotonic(), 0
+    while (elapsed := time.monotonic() - start) < duration:
+        while sent < int(elapsed * rate):
+            request_id = new_id()
+            request = InferRequest(request_id, {"input": row}, 1)
+            for version, fields in shadowed_events(request_id, action):
+                shipper.log(fields, request, predictions[version])
+            sent += 1
+        await asyncio.sleep(0.002)
+    return sent
+
+
+async def measure(bootstrap: str, rate: float, seconds: float, windows: int) -> list[float]:
+    """CPU µs of the shipper per shadowed request (two events), per window."""
+    from gateway.events.shipper import EventShipper
+
     with tempfile.TemporaryDirectory(prefix="shipper-cost-") as spool:
-        shipper = EventShipper(_settings(bootstrap, spool))
+        shipper = EventShipper(settings(bootstrap, spool))
         await shipper.start()
-
-        async def feed(duration: float) -> int:
-            start, sent = time.monotonic(), 0
-            while (elapsed := time.monotonic() - start) < duration:
-                while sent < int(elapsed * rate):
-                    request_id = new_id()
-                    request = InferRequest(request_id, {"input": row}, 1)
-                    for version, fields in shadowed_events(request_id, action):
-                        shipper.log(fields, request, predictions[version])
-                    sent += 1
-                await asyncio.sleep(0.002)
-            return sent
-
         try:
-            await feed(seconds)  # connects, creates the topic, warms up
+            await feed(shipper, rate, seconds)  # connects, creates the topic, warms up
             pid = shipper._process.pid
             out = []
             for _ in range(windows):
                 before = host.process_cpu_seconds(pid)
-                requests = await feed(seconds)
+                requests = await feed(shipper, rate, seconds)
                 out.append(round((host.process_cpu_seconds(pid) - before) / requests * 1e6, 1))
             return out
         finally:

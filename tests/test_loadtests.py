@@ -343,3 +343,32 @@ def test_a_logging_cost_run_keeps_the_shippers_reasons_for_spooling(tmp_path, ca
         asyncio.run(give_up())
     lines = delivery_failures("2026-11-26 14:00:00,000 INFO gateway.events[shipper]: connected\n" + caplog.text)
     assert len(lines) == 1 and "Kafka took no batch within 2.0 s" in lines[0]
+
+
+def test_the_bystander_probe_pools_each_side_over_off_in_the_rounds_the_hypervisor_left_alone() -> None:
+    from loadtests.bystander import SIDES, summarise
+
+    def side(rate: float, steal: float = 0.0) -> dict:
+        return {"rate": rate, "steal": steal, "loop_us": 1e6 / rate, "loop_waiting": 0.01,
+                "preempted_per_1000": 10.0, "bystander_cores": 0.1}
+
+    rounds = [{s: side(1000.0) for s in SIDES} | {"on": side(850.0), "cpu": side(990.0)},
+              {s: side(2000.0) for s in SIDES} | {"on": side(1700.0), "cpu": side(1950.0)},
+              {s: side(1000.0) for s in SIDES} | {"off": side(400.0, steal=0.3)}]  # off's cores stolen: left out
+    summary = summarise(rounds)
+    assert summary["rounds_counted"] == "2 of 3"
+    assert (summary["off"]["of_off"], summary["on"]["of_off"], summary["cpu"]["of_off"]) == (1.0, 0.85, round(2940 / 3000, 3))
+    assert summary["on"]["rate"] == 1275.0  # medians over the counted rounds only
+
+
+def test_the_loop_instruction_probe_reads_every_event_callgrind_totals(tmp_path) -> None:
+    """callgrind leaves trailing zero counts out of its summary line: they must read as 0, not shift or vanish."""
+    from loadtests.loop_instructions import _totals
+
+    dump = tmp_path / "callgrind.out.1"
+    dump.write_text("version: 1\ncreator: callgrind-3.19.0\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\n"
+                    "fn=(1) main\n0 5 1 1\nsummary: 812345 2300 1400 280 130 39\n")
+    assert _totals(dump) == {"Ir": 812345, "Dr": 2300, "Dw": 1400, "I1mr": 280, "D1mr": 130, "D1mw": 39,
+                             "ILmr": 0, "DLmr": 0, "DLmw": 0}
+    dump.write_text("events: Ir\nsummary: 791542\n")
+    assert _totals(dump) == {"Ir": 791542}
