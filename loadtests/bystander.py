@@ -14,7 +14,7 @@ logging on, and with logging off plus one bystander:
 Per slice it reads the loop's CPU per request, how long it waited for a core and how often it
 was preempted.
 
-    deploy/with-kafka.sh .venv/bin/python -m loadtests.bystander            # 10 rounds, ~6 min
+    deploy/with-kafka.sh .venv/bin/python -m loadtests.bystander            # 10 rounds, ~8 min
 """
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ SIDES = ("off", "on", "cpu", "memory", "kafka")
 
 
 def burn(share: float, fresh_mb: int, active: multiprocessing.synchronize.Event) -> None:
-    """The `cpu` and `memory` bystanders: while `active` is set, `share` of a core's time in a burst every READ_PAUSE."""
+    """The `cpu` and `memory` bystanders: while `active` is set, `share` of a core's time in a
+    burst every READ_PAUSE."""
     document = [{"ts_ms": i, "request_id": f"r{i}", "model_name": "wine", "outputs": [0.1 * i, 0.2]} for i in range(200)]
     while active.wait():
         started = time.process_time()
@@ -76,7 +77,8 @@ def produce(bootstrap: str, rate: float, spool: str, active: multiprocessing.syn
 
 
 class Bystander:
-    """A process beside the gateway that works only while `active` is set."""
+    """A process beside the gateway that works only while `active` is set (an event, not
+    SIGSTOP: a stopped child makes the harness's process group get SIGHUP if its shell exits)."""
 
     def __init__(self, target: Callable[..., None], *args: Any):
         context = multiprocessing.get_context("spawn")
@@ -87,9 +89,15 @@ class Bystander:
     def cpu_seconds(self) -> float:
         return sum(host.process_cpu_seconds(pid) or 0.0 for pid in host.process_tree(self.process.pid))
 
-    def close(self) -> None:
+    def close(self, timeout: float = 15.0) -> None:
+        """Ends the bystander, and waits for its children (the `kafka` side's shipper delivers
+        what it holds and exits when its parent is gone)."""
+        children = host.process_tree(self.process.pid)[1:]
         self.process.terminate()
         self.process.join()
+        deadline = time.monotonic() + timeout
+        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _slice(server: servers.Server, kafka_pid: int, logged: bool, bystander: Bystander | None) -> dict[str, Any]:
@@ -122,7 +130,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gateways = {side: stack.enter_context(logging_cost._gateway(
+        gateways = {side: stack.enter_context(logging_cost.demo_gateway(
             bootstrap if side == "on" else None, stack.enter_context(tempfile.TemporaryDirectory()), {}))
             for side in ("off", "on")}
         logging_cost.warm_broker(gateways["on"], kafka_pid, 1200.0, args.broker_warmup)

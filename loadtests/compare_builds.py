@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from loadtests import host, servers
-from loadtests.logging_cost import _gateway, closed_loop, cpu_per_request
+from loadtests.logging_cost import closed_loop, cpu_per_request, demo_gateway
 
 OFF = "off"  # a variant name: this checkout with logging off
 
@@ -53,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     builds = dict(b.split("=", 1) for b in args.builds) | ({OFF: "."} if args.off else {})
     with ExitStack() as stack, servers.kafka_broker() as (bootstrap, kafka_pid):
         trees = {name: stack.enter_context(_worktree(revision)) for name, revision in builds.items()}
-        with tempfile.TemporaryDirectory() as spool, _gateway(bootstrap, spool, {}) as server:
+        with tempfile.TemporaryDirectory() as spool, demo_gateway(bootstrap, spool, {}) as server:
             cpu_per_request(server, kafka_pid, args.rate / 2, args.broker_warmup, 1.0)  # the broker's JIT
         for k in range(args.repeats):
             for name in (list(trees) if k % 2 == 0 else list(reversed(trees))):
                 host.wait_for_quiet(max_wait_s=5)
                 with tempfile.TemporaryDirectory() as spool, \
-                        _gateway(None if name == OFF else bootstrap, spool, {}, Path(trees[name])) as server:
+                        demo_gateway(None if name == OFF else bootstrap, spool, {}, Path(trees[name])) as server:
                     cpu = cpu_per_request(server, kafka_pid, args.rate, args.cpu_duration, 2.0)
                     closed = closed_loop(server, kafka_pid, 32, args.closed_duration, 2.0)
                 print(f"round {k + 1} {name}: open loop {args.rate:.0f}/s {cpu['us_per_request']} us/request | "

@@ -56,7 +56,7 @@ SLICE_KEEP_UP = 0.9  # in one slice (4 s): the shipper reads in 100 ms bursts, K
 PARTS = ("gateway", "workers", "shipper")
 
 
-def _gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
+def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
              source: Path = servers.ROOT) -> servers.Server:
     """The demo gateway with the shadow challenger, logging on or off, its spool in `spool_dir`."""
     return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=True,
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         if kafka_pid is None:
             raise SystemExit("the Kafka broker must run on this machine (its CPU is part of the cost)")
-        gateways = {side: stack.enter_context(_gateway(
+        gateways = {side: stack.enter_context(demo_gateway(
             bootstrap if side == "on" else None,
             stack.enter_context(tempfile.TemporaryDirectory(prefix=f"logcost-spool-{side}-")), kafka_settings))
             for side in ("off", "on")}

@@ -6,6 +6,7 @@ depends on (or disturbs) a gateway someone else is running.
 """
 from __future__ import annotations
 
+import ctypes
 import http.client
 import os
 import shutil
@@ -45,6 +46,16 @@ def answers(port: int, path: str) -> bool:
         conn.close()
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs the server: SIGTERM when the harness's thread that started it
+    ends, however it ends (killed, hung up), so a server never outlives the benchmark. Servers
+    are started from the main thread."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Server:
     """A child process serving HTTP on 127.0.0.1:`port`; a context manager that always stops it."""
 
@@ -72,7 +83,7 @@ class Server:
         # Both: `python -m` (the gateway's shipper and workers) puts the working directory first.
         env = os.environ if self.source == ROOT else dict(os.environ, PYTHONPATH=str(self.source))
         self.process = subprocess.Popen(self.argv, cwd=self.source, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

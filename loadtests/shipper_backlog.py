@@ -17,7 +17,7 @@ from pathlib import Path
 
 from loadtests import servers
 from loadtests.compare_builds import _worktree
-from loadtests.logging_cost import _gateway, closed_loop, counts
+from loadtests.logging_cost import closed_loop, counts, demo_gateway
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after the load stopped at which to read the counters")
     args = parser.parse_args(argv)
     with servers.kafka_broker() as (bootstrap, kafka_pid), _worktree(args.revision) as tree, \
-            tempfile.TemporaryDirectory() as spool, _gateway(bootstrap, spool, {}, Path(tree)) as server:
+            tempfile.TemporaryDirectory() as spool, demo_gateway(bootstrap, spool, {}, Path(tree)) as server:
         result = closed_loop(server, kafka_pid, 32, args.duration, 2.0)
         print(f"revision {args.revision}: closed loop {result['achieved_rate']:,.0f} req/s for {args.duration:.0f} s")
         stopped = time.monotonic()

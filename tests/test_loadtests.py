@@ -271,6 +271,37 @@ def test_a_server_pause_shows_in_open_loop_percentiles_but_not_in_closed_loop() 
     assert closed_loop["measured_requests"] > 100 * 4  # the 4 stalled requests are far below 1%
 
 
+def test_a_server_does_not_outlive_a_harness_that_was_killed() -> None:
+    """A benchmark killed mid-run (SIGKILL, or SIGHUP when its shell goes) must not leave its
+    gateways serving, logging and holding ports: they get SIGTERM when it dies."""
+    import subprocess
+    import sys
+
+    harness = subprocess.Popen(
+        [sys.executable, "-c", "import time; from loadtests import servers\n"
+                               "server = servers.ceiling().start(); print(server.pid, flush=True); time.sleep(120)"],
+        cwd=servers.ROOT, stdout=subprocess.PIPE, text=True)
+    server = int(harness.stdout.readline())
+
+    def running() -> bool:
+        try:  # a zombie (Z) has exited; it only waits for init to reap it
+            return Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    try:
+        assert running()
+        harness.kill()
+        harness.wait(10)
+        deadline = time.monotonic() + 15
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running()
+    finally:
+        if running():
+            os.kill(server, signal.SIGKILL)
+
+
 # --- the logging-cost benchmark's verdict -----------------------------------------------------
 
 _ROUNDS = [{"off": {"us_per_request": {"machine": 100.0}}, "on": {"us_per_request": {"machine": 100.0}}}]
