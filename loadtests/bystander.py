@@ -41,7 +41,8 @@ SIDES = ("off", "on", "cpu", "memory", "kafka")
 def burn(share: float, fresh_mb: int, active: multiprocessing.synchronize.Event) -> None:
     """The `cpu` and `memory` bystanders: while `active` is set, `share` of a core's time in a
     burst every READ_PAUSE."""
-    document = [{"ts_ms": i, "request_id": f"r{i}", "model_name": "wine", "outputs": [0.1 * i, 0.2]} for i in range(200)]
+    document = [{"ts_ms": i, "request_id": f"r{i}", "model_name": "wine", "outputs": [0.1 * i, 0.2]}
+                for i in range(200)]
     while active.wait():
         started = time.process_time()
         if fresh_mb:
@@ -51,12 +52,6 @@ def burn(share: float, fresh_mb: int, active: multiprocessing.synchronize.Event)
         while time.process_time() - started < share * READ_PAUSE:
             orjson.loads(orjson.dumps(document))
         time.sleep(READ_PAUSE * (1 - share))
-
-
-def preemptions(pid: int) -> int:
-    """Times the main thread of `pid` lost its core while it could still run."""
-    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
-    return int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
 
 
 def produce(bootstrap: str, rate: float, spool: str, active: multiprocessing.synchronize.Event) -> None:
@@ -101,7 +96,8 @@ class Bystander:
 
 
 def _slice(server: servers.Server, kafka_pid: int, logged: bool, bystander: Bystander | None) -> dict[str, Any]:
-    burnt, switched, started = bystander.cpu_seconds() if bystander else 0.0, preemptions(server.pid), time.monotonic()
+    burnt = bystander.cpu_seconds() if bystander else 0.0
+    switched, started = host.preemptions(server.pid), time.monotonic()
     if bystander:
         bystander.active.set()
     try:
@@ -113,7 +109,7 @@ def _slice(server: servers.Server, kafka_pid: int, logged: bool, bystander: Byst
     answered = result["achieved_rate"] * seconds  # warm-up included, as the switches are
     return {"rate": result["achieved_rate"], "steal": result["cpu"]["steal"],
             "loop_us": result["us_per_request"]["gateway"], "loop_waiting": result["cpu"]["loop_waiting"],
-            "preempted_per_1000": round((preemptions(server.pid) - switched) / answered * 1000, 1),
+            "preempted_per_1000": round((host.preemptions(server.pid) - switched) / answered * 1000, 1),
             "bystander_cores": round((bystander.cpu_seconds() - burnt) / seconds, 3) if bystander else 0.0}
 
 
@@ -160,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10, help="each round is one 4 s slice of every side")
     parser.add_argument("--share", type=float, default=0.12, help="cores the bystander burns (the shipper's, about)")
-    parser.add_argument("--fresh-mb", type=int, default=8, help="MB of new memory the `memory` bystander writes per burst")
+    parser.add_argument("--fresh-mb", type=int, default=8,
+                        help="MB of new memory the `memory` bystander writes per burst")
     parser.add_argument("--kafka-rate", type=float, default=4000.0,
-                        help="shadowed requests a second whose events the `kafka` bystander produces (about the on side's)")
+                        help="shadowed requests a second whose events the `kafka` bystander produces "
+                             "(about the on side's)")
     parser.add_argument("--broker-warmup", type=float, default=60.0, help="seconds of logged load before measuring")
     parser.add_argument("--out", type=Path, help="write the rounds and summary here (JSON)")
     args = parser.parse_args(argv)

@@ -62,6 +62,13 @@ def waiting_seconds(pid: int) -> float | None:
         return None
 
 
+def preemptions(pid: int) -> int:
+    """Times the main thread of `pid` lost its core while it could still run (involuntary
+    context switches): how often something else was put on the loop's core."""
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    return int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+
+
 def thread_cpu_seconds(pid: int, name_contains: str) -> float:
     """CPU seconds so far of the threads of `pid` whose name holds `name_contains` (e.g. a JVM's
     "CompilerThread"s: a fresh broker's JIT, which a long-running one has finished)."""
