@@ -10,7 +10,10 @@ logging on, and with logging off plus one bystander:
     shipper copies each event a few times);
   - `kafka`: the logging itself without the gateway: a real event shipper, fed the events of
     `--kafka-rate` shadowed requests a second (loadtests.shipper_cost.feed), producing to the
-    same broker: all the logging work beside the loop, none in it.
+    same broker: all the logging work beside the loop, none in it;
+  - `broker`: the broker's part of that: the same records at the same rate produced by kcat
+    (librdkafka, in C, lz4, idempotent, acks=all), so that little of the work beside the loop
+    is a producer's and most is the broker's, which in a deployment runs on other machines.
 Per slice it reads the loop's CPU per request, how long it waited for a core and how often it
 was preempted.
 
@@ -23,6 +26,7 @@ import asyncio
 import multiprocessing
 import multiprocessing.synchronize
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +39,7 @@ import orjson
 from gateway.events.shipper import READ_PAUSE
 from loadtests import host, logging_cost, servers, shipper_cost
 
-SIDES = ("off", "on", "cpu", "memory", "kafka")
+SIDES = ("off", "on", "cpu", "memory", "kafka", "broker")
 
 
 def burn(share: float, fresh_mb: int, active: multiprocessing.synchronize.Event) -> None:
@@ -69,6 +73,39 @@ def produce(bootstrap: str, rate: float, spool: str, active: multiprocessing.syn
                 await asyncio.sleep(0.05)
 
     asyncio.run(run())
+
+
+def produce_with_kcat(bootstrap: str, rate: float, active: multiprocessing.synchronize.Event) -> None:
+    """The `broker` bystander: while `active` is set, kcat produces the two records of `rate`
+    shadowed requests a second (keyed, the values the shipper would write) to Kafka."""
+    from gateway.codecs.v2 import InferRequest
+    from gateway.events.handover import serialised
+    from gateway.events.records import new_id, wire_of
+    from loadtests.policy_cost import shadowed_events, shadowed_request
+
+    row, predictions, action = shadowed_request()
+    requests = []  # 64 requests' two records each, written over and over: their keys spread over the partitions
+    for _ in range(64):
+        request_id = new_id()
+        request = InferRequest(request_id, {"input": row}, 1)
+        requests.append(b"".join(
+            b"%s\t%s\n" % (request_id.encode(), wire_of(*serialised(fields, request, predictions[version]),
+                                                         "scoring.events").value)
+            for version, fields in shadowed_events(request_id, action)))
+    kcat = subprocess.Popen(["kcat", "-P", "-b", bootstrap, "-t", "scoring.events", "-K", "\t", "-z", "lz4",
+                             "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=500",
+                             "-X", "batch.size=1048576"], stdin=subprocess.PIPE)
+    sent, started = 0, time.monotonic()
+    while True:
+        if not active.is_set():
+            active.wait()
+            sent, started = 0, time.monotonic()
+        due = int((time.monotonic() - started) * rate)
+        if due > sent:
+            kcat.stdin.write(b"".join(requests[i % len(requests)] for i in range(sent, due)))
+            kcat.stdin.flush()
+            sent = due
+        time.sleep(0.01)
 
 
 class Bystander:
@@ -132,7 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logging_cost.warm_broker(gateways["on"], kafka_pid, 1200.0, args.broker_warmup)
         bystanders = {"cpu": Bystander(burn, args.share, 0), "memory": Bystander(burn, args.share, args.fresh_mb),
                       "kafka": Bystander(produce, bootstrap, args.kafka_rate,
-                                         stack.enter_context(tempfile.TemporaryDirectory()))}
+                                         stack.enter_context(tempfile.TemporaryDirectory())),
+                      "broker": Bystander(produce_with_kcat, bootstrap, args.kafka_rate)}
         rounds = []
         try:
             for k in range(args.rounds):
@@ -159,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh-mb", type=int, default=8,
                         help="MB of new memory the `memory` bystander writes per burst")
     parser.add_argument("--kafka-rate", type=float, default=4000.0,
-                        help="shadowed requests a second whose events the `kafka` bystander produces "
+                        help="shadowed requests a second whose events the `kafka` and `broker` bystanders produce "
                              "(about the on side's)")
     parser.add_argument("--broker-warmup", type=float, default=60.0, help="seconds of logged load before measuring")
     parser.add_argument("--out", type=Path, help="write the rounds and summary here (JSON)")
