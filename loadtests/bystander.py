@@ -78,20 +78,13 @@ def produce(bootstrap: str, rate: float, spool: str, active: multiprocessing.syn
 def produce_with_kcat(bootstrap: str, rate: float, active: multiprocessing.synchronize.Event) -> None:
     """The `broker` bystander: while `active` is set, kcat produces the two records of `rate`
     shadowed requests a second (keyed, the values the shipper would write) to Kafka."""
-    from gateway.codecs.v2 import InferRequest
-    from gateway.events.handover import serialised
-    from gateway.events.records import new_id, wire_of
-    from loadtests.policy_cost import shadowed_events, shadowed_request
+    from gateway.events.handover import wires_from_batches
+    from loadtests.policy_cost import handed_over, shadowed_request
 
-    row, predictions, action = shadowed_request()
-    requests = []  # 64 requests' two records each, written over and over: their keys spread over the partitions
-    for _ in range(64):
-        request_id = new_id()
-        request = InferRequest(request_id, {"input": row}, 1)
-        requests.append(b"".join(
-            b"%s\t%s\n" % (request_id.encode(), wire_of(*serialised(fields, request, predictions[version]),
-                                                         "scoring.events").value)
-            for version, fields in shadowed_events(request_id, action)))
+    # 64 requests' records (two each, keyed by request id), written over and over: the keys spread
+    # over the partitions
+    wires, _, _ = wires_from_batches(handed_over(64, *shadowed_request()), "scoring.events")
+    lines = [b"%s\t%s\n" % (wire.key, wire.value) for wire in wires]
     kcat = subprocess.Popen(["kcat", "-P", "-b", bootstrap, "-t", "scoring.events", "-K", "\t", "-z", "lz4",
                              "-X", "enable.idempotence=true", "-X", "acks=all", "-X", "linger.ms=500",
                              "-X", "batch.size=1048576"], stdin=subprocess.PIPE)
@@ -100,9 +93,9 @@ def produce_with_kcat(bootstrap: str, rate: float, active: multiprocessing.synch
         if not active.is_set():
             active.wait()
             sent, started = 0, time.monotonic()
-        due = int((time.monotonic() - started) * rate)
+        due = int((time.monotonic() - started) * rate) * 2  # records
         if due > sent:
-            kcat.stdin.write(b"".join(requests[i % len(requests)] for i in range(sent, due)))
+            kcat.stdin.write(b"".join(lines[i % len(lines)] for i in range(sent, due)))
             kcat.stdin.flush()
             sent = due
         time.sleep(0.01)
@@ -128,7 +121,7 @@ class Bystander:
         self.process.terminate()
         self.process.join()
         deadline = time.monotonic() + timeout
-        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        while any(host.alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.1)
 
 

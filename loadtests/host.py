@@ -47,6 +47,12 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def alive(pid: int) -> bool:
+    """Whether `pid` is still running: a zombie has exited, it only waits to be reaped."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     fields = _stat_fields(pid)
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _TICK

@@ -23,15 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from loadtests import servers
 from loadtests.httpclient import ConnectionPool
@@ -80,38 +77,24 @@ def measure(logging: bool, bootstrap: str, requests: int, workdir: Path, cache_s
     off; with `cache_sim`, also its data reads and writes (Dr, Dw) and simulated cache misses per
     request (`cache`)."""
     side = "on" if logging else "off"
-    port = servers.free_port()
-    config = servers.gateway_config(port, kafka_bootstrap=bootstrap if logging else None, shadow=True,
-                                    kafka_settings={"spool": {"directory": str(workdir / f"spool-{side}")}})
-    config_file = workdir / f"gateway-{side}.yaml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     out = workdir / f"callgrind-{side}.out"
-    argv = ["valgrind", "--tool=callgrind", "--trace-children=no", "--instr-atstart=no",
-            f"--cache-sim={'yes' if cache_sim else 'no'}", f"--callgrind-out-file={out}",
-            sys.executable, "-m", "gateway", "--log-level", "warning", "serve", "--config", str(config_file)]
-    with open(workdir / f"gateway-{side}.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=servers.ROOT)
+    valgrind = ("valgrind", "--tool=callgrind", "--trace-children=no", "--instr-atstart=no",
+                f"--cache-sim={'yes' if cache_sim else 'no'}", f"--callgrind-out-file={out}")
+    server = servers.gateway(kafka_bootstrap=bootstrap if logging else None, shadow=True,
+                             kafka_settings={"spool": {"directory": str(workdir / f"spool-{side}")}}, wrapper=valgrind)
 
     def control(*args: str) -> None:
-        subprocess.run(["callgrind_control", *args, str(process.pid)], check=True, capture_output=True, timeout=60)
+        subprocess.run(["callgrind_control", *args, str(server.pid)], check=True, capture_output=True, timeout=60)
 
-    try:
-        deadline = time.monotonic() + 600
-        while not servers.answers(port, "/v2/health/ready"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the gateway under valgrind did not start; see {workdir}/gateway-{side}.log")
-            time.sleep(1)
-        asyncio.run(closed_loop(port, 300, seed=1))  # warm-up, not counted
+    with server.start(timeout=600):  # the gateway starts ~30x slower under valgrind
+        asyncio.run(closed_loop(server.port, 300, seed=1))  # warm-up, not counted
         control("--instr=on")
         control("--zero")
         time.sleep(IDLE_SECONDS)
         control("--dump=idle")
-        seconds = asyncio.run(closed_loop(port, requests, seed=2))
+        seconds = asyncio.run(closed_loop(server.port, requests, seed=2))
         control("--dump=load")
         control("--instr=off")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
     idle, load = (_totals(Path(f"{out}.{part}")) for part in (1, 2))
     net = {event: round((load[event] - idle.get(event, 0) / IDLE_SECONDS * seconds) / requests) for event in load}
     result: dict[str, Any] = {"requests": requests, "load_seconds": round(seconds, 1),

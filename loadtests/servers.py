@@ -114,7 +114,7 @@ class Server:
             self.process.wait(5)
 
     def __enter__(self) -> "Server":
-        return self.start()
+        return self if self.process is not None else self.start()  # `with server.start(timeout=...)` too
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -153,14 +153,16 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
 
 
 def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False,
-            kafka_settings: dict[str, Any] | None = None, source: Path = ROOT) -> Server:
-    """The demo gateway; `source` is the source tree it runs (a git worktree, to compare builds)."""
+            kafka_settings: dict[str, Any] | None = None, source: Path = ROOT, wrapper: tuple[str, ...] = ()) -> Server:
+    """The demo gateway; `source` is the source tree it runs (a git worktree, to compare builds);
+    `wrapper`, a command it runs under (valgrind, to count the loop's instructions)."""
     port = free_port()
     config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow, kafka_settings=kafka_settings)
     handle = tempfile.NamedTemporaryFile("w", prefix="gateway-bench-", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(config, handle, sort_keys=False)
-    argv = [str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve", "--config", handle.name]
+    argv = [*wrapper, str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve",
+            "--config", handle.name]
     what = ("gateway, Kafka event logging" if kafka_bootstrap else "gateway, no event logging") + \
         (", shadow challenger(s) as in config/demo.yaml" if shadow else ", champion only (challengers removed)")
     return Server("gateway", argv, port, "/v2/health/ready", {"server": "gateway", "what": what, "config": config},

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from loadtests import histograms, servers
+from loadtests import histograms, host, servers
 from loadtests.generator import Generator, WorkerSpec
 from loadtests.httpclient import ConnectionPool, RequestFailed, RequestHead
 from loadtests.run import RunSettings, execute
@@ -282,23 +282,16 @@ def test_a_server_does_not_outlive_a_harness_that_was_killed() -> None:
                                "server = servers.ceiling().start(); print(server.pid, flush=True); time.sleep(120)"],
         cwd=servers.ROOT, stdout=subprocess.PIPE, text=True)
     server = int(harness.stdout.readline())
-
-    def running() -> bool:
-        try:  # a zombie (Z) has exited; it only waits for init to reap it
-            return Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-        except OSError:
-            return False
-
     try:
-        assert running()
+        assert host.alive(server)
         harness.kill()
         harness.wait(10)
         deadline = time.monotonic() + 15
-        while running() and time.monotonic() < deadline:
+        while host.alive(server) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not running()
+        assert not host.alive(server)
     finally:
-        if running():
+        if host.alive(server):
             os.kill(server, signal.SIGKILL)
 
 
