@@ -57,7 +57,7 @@ PARTS = ("gateway", "workers", "shipper")
 
 
 def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
-             source: Path = servers.ROOT) -> servers.Server:
+                 source: Path = servers.ROOT) -> servers.Server:
     """The demo gateway with the shadow challenger, logging on or off, its spool in `spool_dir`."""
     return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=True,
                            kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source)
