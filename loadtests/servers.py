@@ -80,8 +80,10 @@ class Server:
         return answers(self.port, self.ready_path)
 
     def start(self, timeout: float = 120.0) -> "Server":
-        # Both: `python -m` (the gateway's shipper and workers) puts the working directory first.
-        env = os.environ if self.source == ROOT else dict(os.environ, PYTHONPATH=str(self.source))
+        # Both: `python -m` (the gateway's shipper and workers) puts the working directory first;
+        # the gateway's console script does not, and without PYTHONPATH it would import the
+        # editable install's tree, even when the harness itself runs from another checkout.
+        env = dict(os.environ, PYTHONPATH=str(self.source))
         self.process = subprocess.Popen(self.argv, cwd=self.source, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout

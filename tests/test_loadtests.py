@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -293,6 +295,31 @@ def test_a_server_does_not_outlive_a_harness_that_was_killed() -> None:
     finally:
         if host.alive(server):
             os.kill(server, signal.SIGKILL)
+
+
+def test_a_server_runs_the_source_tree_it_was_given_even_from_a_console_script(tmp_path: Path, monkeypatch) -> None:
+    """A gateway started from a launcher outside the tree (the venv's `gateway` script) must run
+    the tree the harness runs from, not the editable install's: else a benchmark run from a
+    worktree silently measures a mix of two builds (its workers and shipper, started with
+    `python -m`, do run the worktree)."""
+    tree = tmp_path / "tree"
+    monkeypatch.setattr(servers, "ROOT", tree)  # the harness runs from this checkout
+    (tree / "gateway").mkdir(parents=True)
+    (tree / "gateway" / "__init__.py").write_text('SOURCE = "the given tree"\n')
+    launcher = tmp_path / "bin" / "serve.py"  # like a console script: its own directory comes first
+    launcher.parent.mkdir()
+    launcher.write_text(
+        "import http.server, sys\nimport gateway\n"
+        "class Answer(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        body = getattr(gateway, 'SOURCE', gateway.__file__).encode()\n"
+        "        self.send_response(200); self.end_headers(); self.wfile.write(body)\n"
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), Answer).serve_forever()\n")
+    port = servers.free_port()
+    server = servers.Server("probe", [sys.executable, str(launcher), str(port)], port, "/", {}, source=tree)
+    with server.start(timeout=30):
+        with urllib.request.urlopen(f"{server.url}/", timeout=5) as answer:
+            assert answer.read() == b"the given tree"
 
 
 # --- the logging-cost benchmark's verdict -----------------------------------------------------
