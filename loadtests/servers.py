@@ -80,9 +80,9 @@ class Server:
         return answers(self.port, self.ready_path)
 
     def start(self, timeout: float = 120.0) -> "Server":
-        # Both: `python -m` (the gateway's shipper and workers) puts the working directory first;
-        # the gateway's console script does not, and without PYTHONPATH it would import the
-        # editable install's tree, even when the harness itself runs from another checkout.
+        # The working directory serves `python -m` (the gateway's shipper and workers: it comes
+        # first on their path); PYTHONPATH serves the gateway's console script, which would
+        # otherwise import the editable install's tree, whichever checkout the harness runs from.
         env = dict(os.environ, PYTHONPATH=str(self.source))
         self.process = subprocess.Popen(self.argv, cwd=self.source, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
                                         stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -276,9 +277,6 @@ def test_a_server_pause_shows_in_open_loop_percentiles_but_not_in_closed_loop() 
 def test_a_server_does_not_outlive_a_harness_that_was_killed() -> None:
     """A benchmark killed mid-run (SIGKILL, or SIGHUP when its shell goes) must not leave its
     gateways serving, logging and holding ports: they get SIGTERM when it dies."""
-    import subprocess
-    import sys
-
     harness = subprocess.Popen(
         [sys.executable, "-c", "import time; from loadtests import servers\n"
                                "server = servers.ceiling().start(); print(server.pid, flush=True); time.sleep(120)"],
