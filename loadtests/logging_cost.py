@@ -1,5 +1,5 @@
-"""What event logging costs the gateway: the demo config (shadow challenger) with Kafka logging
-on vs off, the rest identical. Both gateways run at once and the measurements alternate between
+"""What event logging costs the gateway: the demo config (shadow challenger: two events per
+request; `--champion-only`: one) with Kafka logging on vs off, the rest identical. Both gateways run at once and the measurements alternate between
 them (ABBA...), a few seconds each, so the machine's drifts (this VM's speed moves by 2x within
 minutes) hit both sides alike.
 
@@ -57,9 +57,10 @@ PARTS = ("gateway", "workers", "shipper")
 
 
 def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
-                 source: Path = servers.ROOT) -> servers.Server:
-    """The demo gateway with the shadow challenger, logging on or off, its spool in `spool_dir`."""
-    return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=True,
+                 source: Path = servers.ROOT, shadow: bool = True) -> servers.Server:
+    """The demo gateway, logging on or off, its spool in `spool_dir`: with its shadow challenger
+    (two events per request) unless `shadow` is false (champion only, one event per request)."""
+    return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=shadow,
                            kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source)
 
 
@@ -255,7 +256,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("the Kafka broker must run on this machine (its CPU is part of the cost)")
         gateways = {side: stack.enter_context(demo_gateway(
             bootstrap if side == "on" else None,
-            stack.enter_context(tempfile.TemporaryDirectory(prefix=f"logcost-spool-{side}-")), kafka_settings))
+            stack.enter_context(tempfile.TemporaryDirectory(prefix=f"logcost-spool-{side}-")), kafka_settings,
+            shadow=not args.champion_only))
             for side in ("off", "on")}
         warm = warm_broker(gateways["on"], kafka_pid, args.rate, args.broker_warmup) if args.broker_warmup else None
         print(f"broker warm-up: {warm}", flush=True)
@@ -329,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="at most this many seconds of logged load first, until the broker's JIT is idle")
     parser.add_argument("--kafka", action="append", default=[], metavar="KEY=VALUE",
                         help="override a `kafka:` setting of the config (e.g. linger_ms=100), both sides")
+    parser.add_argument("--champion-only", action="store_true",
+                        help="both sides without the demo's shadow challenger: one event per request, not two")
     parser.add_argument("--out", help="also write every figure here (JSON)")
     parser.add_argument("--summarise", metavar="JSON", help="measure nothing: apply this version's verdict to a "
                         "run's figures written by --out (e.g. docs/benchmarks/logging-cost/*.json)")

@@ -348,6 +348,19 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_we
     assert [summary[s]["loop_waiting_cores"]["max"] for s in ("off", "on")] == [0.01, 0.05]
 
 
+def test_logging_cost_champion_only_compares_the_demo_route_without_its_shadow(tmp_path: Path) -> None:
+    from contextlib import ExitStack
+
+    from loadtests.logging_cost import demo_gateway
+
+    with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
+        default, champion_only = (stack.push(demo_gateway(None, str(tmp_path), {}, **kwargs))
+                                  for kwargs in ({}, {"shadow": False}))
+        routes = [server.description["config"]["models"]["wine"]["route"] for server in (default, champion_only)]
+    assert [len(route["challengers"]) for route in routes] == [1, 0]
+    assert routes[1]["champion"] == routes[0]["champion"]
+
+
 def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> None:
     from loadtests.logging_cost import summarise
 
