@@ -1,7 +1,7 @@
 """What event logging costs the gateway: the demo config (shadow challenger: two events per
-request; `--champion-only`: one) with Kafka logging on vs off, the rest identical. Both gateways run at once and the measurements alternate between
-them (ABBA...), a few seconds each, so the machine's drifts (this VM's speed moves by 2x within
-minutes) hit both sides alike.
+request; `--champion-only`: one) with Kafka logging on vs off, the rest identical. Both gateways
+run at once and the measurements alternate between them (ABBA...), a few seconds each, so the
+machine's drifts (this VM's speed moves by 2x within minutes) hit both sides alike.
 
 Two measures:
   - CPU per request: open-loop runs at a fixed rate well below saturation; CPU seconds used by

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -349,8 +350,6 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_we
 
 
 def test_logging_cost_champion_only_compares_the_demo_route_without_its_shadow(tmp_path: Path) -> None:
-    from contextlib import ExitStack
-
     from loadtests.logging_cost import demo_gateway
 
     with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
