@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import ExitStack
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import AsyncIterator
 
 import numpy as np
 import orjson
@@ -216,6 +217,20 @@ async def test_client_reports_refused_connections() -> None:
 
 # --- generator ------------------------------------------------------------------------------
 
+@asynccontextmanager
+async def _wine_server(infer) -> AsyncIterator[str]:
+    """A server with only the wine model's infer route, answered by `infer`; yields its URL."""
+    app = web.Application()
+    app.router.add_post("/v2/models/wine/infer", infer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_open_loop_generator_records_every_due_request_and_skips_missing_feedback(tmp_path: Path) -> None:
     scenario = tmp_path / "fb.yaml"
     scenario.write_text("name: fb\nrequests: [{name: one, model: wine, rows: 1}]\n"
@@ -226,20 +241,11 @@ async def test_open_loop_generator_records_every_due_request_and_skips_missing_f
         seen.append((await request.json())["id"])
         return web.json_response({"outputs": [{"name": "label", "data": [0]}]})
 
-    app = web.Application()
-    app.router.add_post("/v2/models/wine/infer", infer)  # no feedback route: 404
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    spec = WorkerSpec(url=f"http://127.0.0.1:{port}", scenario=str(scenario), mode="constant", rate=200.0,
-                      warmup=0.25, duration=1.0, connections=4, process=0, processes=1, seed=0, timeout=2.0,
-                      max_requests=10_000, max_in_flight=1000, run_id="t", bucket_s=0.5)
-    try:
+    async with _wine_server(infer) as url:  # no feedback route: 404
+        spec = WorkerSpec(url=url, scenario=str(scenario), mode="constant", rate=200.0,
+                          warmup=0.25, duration=1.0, connections=4, process=0, processes=1, seed=0, timeout=2.0,
+                          max_requests=10_000, max_in_flight=1000, run_id="t", bucket_s=0.5)
         result = await Generator(spec).run(time.monotonic() + 0.05)
-    finally:
-        await runner.cleanup()
     assert result["scheduled"] == 250 == len(seen) == len(set(seen))
     assert result["warmup_requests"] == 50 and result["outcomes"] == {"200": 200}
     assert histograms.decode(result["kinds"]["one"]["histogram"]).get_total_count() == 200
@@ -249,6 +255,33 @@ async def test_open_loop_generator_records_every_due_request_and_skips_missing_f
     assert set(result["feedback"]) == {"404"} and 1 <= result["feedback"]["404"] <= 10
     assert any("feedback" in w and "404" in w for w in result["warnings"])
     assert result["cpu_s"] is not None and result["max_in_flight"] <= 1000
+
+
+async def test_the_generator_reports_its_cpu_over_the_window_even_when_its_timers_fire_late(
+        tmp_path: Path, monkeypatch) -> None:
+    """The window's end mark was a timer racing the run's own sleep to the same moment: when it
+    lost, it fired after the run had returned, the run reported no CPU for the generator, and
+    logging_cost read 0 µs for it. Here the generator's timers fire late on purpose."""
+    async def infer(request: web.Request) -> web.Response:
+        return web.json_response({"outputs": [{"name": "label", "data": [0]}]})
+
+    loop = asyncio.get_running_loop()
+    on_time = loop.call_later
+
+    def late_for_the_generator(delay, callback, *args, **kwargs):
+        late = 0.2 if "Generator.run" in getattr(callback, "__qualname__", "") else 0.0
+        return on_time(delay + late, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_later", late_for_the_generator)
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text("name: one\nrequests: [{name: one, model: wine, rows: 1}]\n")
+    async with _wine_server(infer) as url:
+        spec = WorkerSpec(url=url, scenario=str(scenario), mode="constant", rate=100.0, warmup=0.1, duration=0.5,
+                          connections=2, process=0, processes=1, seed=0, timeout=2.0, max_requests=1000,
+                          max_in_flight=100, run_id="t", bucket_s=0.5)
+        result = await Generator(spec).run(time.monotonic() + 0.05)
+    assert result["outcomes"] == {"200": 50}
+    assert result["cpu_s"] is not None and result["cpu_s"] > 0
 
 
 # --- the behaviour the harness exists for ---------------------------------------------------
