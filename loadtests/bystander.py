@@ -37,7 +37,7 @@ from typing import Any, Callable
 import orjson
 
 from gateway.events.shipper import READ_PAUSE
-from loadtests import host, logging_cost, servers, shipper_cost
+from loadtests import host, logging_cost, report, servers, shipper_cost
 
 SIDES = ("off", "on", "cpu", "memory", "kafka", "broker")
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     data = run(args)
     print(orjson.dumps(data["summary"], option=orjson.OPT_INDENT_2).decode())
     if args.out:
-        args.out.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        report.write_json(args.out, data)
     return 0
 
 

@@ -217,8 +217,12 @@ async def test_client_reports_refused_connections() -> None:
 
 # --- generator ------------------------------------------------------------------------------
 
+async def _label_zero(request: web.Request) -> web.Response:
+    return web.json_response({"outputs": [{"name": "label", "data": [0]}]})
+
+
 @asynccontextmanager
-async def _wine_server(infer) -> AsyncIterator[str]:
+async def _wine_server(infer=_label_zero) -> AsyncIterator[str]:
     """A server with only the wine model's infer route, answered by `infer`; yields its URL."""
     app = web.Application()
     app.router.add_post("/v2/models/wine/infer", infer)
@@ -239,7 +243,7 @@ async def test_open_loop_generator_records_every_due_request_and_skips_missing_f
 
     async def infer(request: web.Request) -> web.Response:
         seen.append((await request.json())["id"])
-        return web.json_response({"outputs": [{"name": "label", "data": [0]}]})
+        return await _label_zero(request)
 
     async with _wine_server(infer) as url:  # no feedback route: 404
         spec = WorkerSpec(url=url, scenario=str(scenario), mode="constant", rate=200.0,
@@ -262,9 +266,6 @@ async def test_the_generator_reports_its_cpu_over_the_window_even_when_its_timer
     """The window's end mark was a timer racing the run's own sleep to the same moment: when it
     lost, it fired after the run had returned, the run reported no CPU for the generator, and
     logging_cost read 0 µs for it. Here the generator's timers fire late on purpose."""
-    async def infer(request: web.Request) -> web.Response:
-        return web.json_response({"outputs": [{"name": "label", "data": [0]}]})
-
     loop = asyncio.get_running_loop()
     on_time = loop.call_later
 
@@ -275,7 +276,7 @@ async def test_the_generator_reports_its_cpu_over_the_window_even_when_its_timer
     monkeypatch.setattr(loop, "call_later", late_for_the_generator)
     scenario = tmp_path / "one.yaml"
     scenario.write_text("name: one\nrequests: [{name: one, model: wine, rows: 1}]\n")
-    async with _wine_server(infer) as url:
+    async with _wine_server() as url:
         spec = WorkerSpec(url=url, scenario=str(scenario), mode="constant", rate=100.0, warmup=0.1, duration=0.5,
                           connections=2, process=0, processes=1, seed=0, timeout=2.0, max_requests=1000,
                           max_in_flight=100, run_id="t", bucket_s=0.5)
@@ -386,9 +387,8 @@ def test_logging_cost_champion_only_compares_the_demo_route_without_its_shadow(t
     from loadtests.logging_cost import demo_gateway
 
     with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
-        default, champion_only = (stack.push(demo_gateway(None, str(tmp_path), {}, **kwargs))
-                                  for kwargs in ({}, {"shadow": False}))
-        routes = [server.description["config"]["models"]["wine"]["route"] for server in (default, champion_only)]
+        routes = [stack.push(demo_gateway(None, str(tmp_path), {}, **kwargs)).description["config"]["models"]["wine"]
+                  ["route"] for kwargs in ({}, {"shadow": False})]  # the default, then champion only
     assert [len(route["challengers"]) for route in routes] == [1, 0]
     assert routes[1]["champion"] == routes[0]["champion"]
 
