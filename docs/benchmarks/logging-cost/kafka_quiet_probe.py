@@ -1,0 +1,70 @@
+"""A probe (fourteenth session, docs/benchmarks/logging-cost.md): the demo gateway without Kafka
+("off", what `make bench-logging` compares against), with Kafka configured but nothing sampled
+(`log_sample_rate: 0`: the feedback reader and the control producer run, the shipper gets no
+events; "quiet"), and logging every answer ("on"). Three sides per round (4 s closed-loop slices,
+32 connections), order rotated. Its load generator runs in spawned processes, which import their
+code by module name, so it runs from loadtests/ (it writes /tmp/kafka_quiet.json):
+
+    cp docs/benchmarks/logging-cost/kafka_quiet_probe.py loadtests/_kafka_quiet_probe.py
+    deploy/with-kafka.sh .venv/bin/python -m loadtests._kafka_quiet_probe 18
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import orjson
+import yaml
+
+from loadtests import host, servers
+from loadtests.logging_cost import _pooled_ratio_interval, closed_loop, counts, demo_gateway, warm_broker
+
+
+def quiet_gateway(bootstrap: str, spool: str) -> servers.Server:
+    port = servers.free_port()
+    config = servers.gateway_config(port, kafka_bootstrap=bootstrap, shadow=True,
+                                    kafka_settings={"spool": {"directory": spool}})
+    for model in config["models"].values():
+        model["log_sample_rate"] = 0.0
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    with handle:
+        yaml.safe_dump(config, handle, sort_keys=False)
+    argv = [str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve", "--config", handle.name]
+    return servers.Server("gateway", argv, port, "/v2/health/ready", {}, temporary=(handle.name,))
+
+
+def main() -> None:
+    rounds = int(sys.argv[1])
+    sides = ["off", "quiet", "on"]
+    with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
+        gws = {"off": stack.enter_context(demo_gateway(None, stack.enter_context(tempfile.TemporaryDirectory()), {})),
+               "on": stack.enter_context(demo_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory()), {})),
+               "quiet": stack.enter_context(quiet_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory())))}
+        print(yaml.safe_load(open(gws["quiet"].argv[-1]))["models"]["wine"].get("log_sample_rate"), flush=True)
+        print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
+        print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
+        results = []
+        for k in range(rounds):
+            order = sides[k % 3:] + sides[:k % 3]
+            entry = {s: closed_loop(gws[s], kafka_pid, 32, 4.0, 1.0, logged=s == "on") for s in order}
+            results.append(entry)
+            print(k, {s: (round(v["achieved_rate"]), v["cpu"].get("loop_waiting"), v["us_per_request"]["gateway"],
+                          v["us_per_request"]["shipper"]) for s, v in entry.items()}, flush=True)
+        q = counts(gws["quiet"].url)
+        print("quiet side's events:", {k: v for k, v in q.items() if k != "answers"}, flush=True)
+    Path("/tmp/kafka_quiet.json").write_bytes(orjson.dumps(results))
+    for a, b in (("on", "off"), ("quiet", "off"), ("on", "quiet")):
+        pairs = [{"on": r[a], "off": r[b]} for r in results]
+        ratio = sum(p["on"]["achieved_rate"] for p in pairs) / sum(p["off"]["achieved_rate"] for p in pairs)
+        print(f"{a}/{b}: {ratio:.1%} {_pooled_ratio_interval(pairs)}", flush=True)
+    for s in sides:
+        med = lambda key: sorted(r[s]["us_per_request"][key] for r in results)[len(results) // 2]
+        print(s, "median req/s", sorted(r[s]["achieved_rate"] for r in results)[len(results) // 2],
+              "loop us", med("gateway"), "workers", med("workers"), "shipper", med("shipper"))
+
+
+if __name__ == "__main__":
+    main()
