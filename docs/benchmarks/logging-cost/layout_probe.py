@@ -1,11 +1,16 @@
-"""A probe (fourteenth session, docs/benchmarks/logging-cost.md): logging off and on, each with the
-gateway's processes left to the scheduler ("free") and with its request loop pinned to CPU 0 and its
-workers and shipper to the other CPUs ("pinned"); the load generator and the broker are left free.
-Four sides per round (4 s closed-loop slices, 32 connections), order rotated. Its load generator
-runs in spawned processes, which import their code by module name, so it runs from loadtests/:
+"""A probe (fourteenth session, docs/benchmarks/logging-cost.md): logging off and on, each with every
+process left to the scheduler ("free") and in one other layout, four sides per round (4 s
+closed-loop slices, 32 connections), order rotated:
+  - `pinned`: the gateway's request loop on CPU 0, its workers and shipper on the other CPUs; the
+    load generator and the broker left free;
+  - `away`: the load generator (and this harness, whose affinity it inherits) and the broker on
+    CPU 1, standing in for clients and a broker on other machines; the gateway left free.
+Its load generator runs in spawned processes, which import their code by module name, so it runs
+from loadtests/:
 
     cp docs/benchmarks/logging-cost/layout_probe.py loadtests/_layout_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._layout_probe 16 <out.json>
+    deploy/with-kafka.sh .venv/bin/python -m loadtests._layout_probe pinned 16 <out.json>
+    deploy/with-kafka.sh .venv/bin/python -m loadtests._layout_probe away 16 <out.json>
 """
 from __future__ import annotations
 
@@ -19,26 +24,35 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import (_pooled_ratio_interval, closed_loop, counts, demo_gateway, kept_up_with,
-                                    warm_broker)
+from loadtests.logging_cost import (MAX_STEAL, _pooled_ratio_interval, closed_loop, counts, demo_gateway,
+                                    kept_up_with, warm_broker)
 
 ALL = set(range(os.cpu_count()))
 
 
-def set_layout(root: int, layout: str) -> None:
+def _pin(root: int, cpus_of: dict[bool, set[int]]) -> None:
+    """Every thread of `root`'s process tree on cpus_of[whether its process is `root`]."""
     for pid in host.process_tree(root):
-        cpus = ALL if layout == "free" else ({0} if pid == root else ALL - {0})
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
-                os.sched_setaffinity(int(tid), cpus)
+                os.sched_setaffinity(int(tid), cpus_of[pid == root])
             except OSError:
-                pass
+                pass  # the thread ended
+
+
+def place(layout: str, gateway_pid: int, kafka_pid: int) -> None:
+    if layout == "pinned":
+        _pin(gateway_pid, {True: {0}, False: ALL - {0}})
+        return
+    _pin(gateway_pid, {True: ALL, False: ALL})
+    clients = ALL if layout == "free" else {1}
+    os.sched_setaffinity(0, clients)  # the harness, and the generator processes it spawns
+    _pin(kafka_pid, {True: clients, False: clients})
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 16
-    out = sys.argv[2] if len(sys.argv) > 2 else "/tmp/layout.json"
-    sides = [("off", "free"), ("on", "free"), ("off", "pinned"), ("on", "pinned")]
+    layout, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    sides = [("off", "free"), ("on", "free"), ("off", layout), ("on", layout)]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         gws = {s: stack.enter_context(demo_gateway(bootstrap if s == "on" else None,
                                                    stack.enter_context(tempfile.TemporaryDirectory()), {}))
@@ -49,10 +63,10 @@ def main() -> None:
         before = counts(gws["on"].url)
         for k in range(rounds):
             entry = {}
-            order = sides[k % 4:] + sides[:k % 4]
-            for logging, layout in order:
-                set_layout(gws[logging].pid, layout)
-                entry[f"{logging}-{layout}"] = closed_loop(gws[logging], kafka_pid, 32, 4.0, 1.0, logged=logging == "on")
+            for logging, where in sides[k % 4:] + sides[:k % 4]:
+                place(where, gws[logging].pid, kafka_pid)
+                entry[f"{logging}-{where}"] = closed_loop(gws[logging], kafka_pid, 32, 4.0, 1.0, logged=logging == "on")
+                place("free", gws[logging].pid, kafka_pid)
             results.append(entry)
             print(k, {s: (round(v["achieved_rate"]), v["cpu"].get("loop_waiting"), v["cpu"]["steal"],
                           v["shipped"] and v["shipped"]["queued"]) for s, v in entry.items()}, flush=True)
@@ -62,17 +76,18 @@ def main() -> None:
         print("delivered", (after.get("delivered", 0) - before.get("delivered", 0)) / answered,
               "spooled", after.get("spooled", 0) - before.get("spooled", 0), flush=True)
     Path(out).write_bytes(orjson.dumps(results))
-    for layout in ("free", "pinned"):
-        pairs = [{"off": r[f"off-{layout}"], "on": r[f"on-{layout}"]} for r in results
-                 if kept_up_with(r[f"on-{layout}"]["shipped"])]
+    for where in ("free", layout):
+        pairs = [{"off": r[f"off-{where}"], "on": r[f"on-{where}"]} for r in results
+                 if kept_up_with(r[f"on-{where}"]["shipped"])
+                 and max(r[f"off-{where}"]["cpu"]["steal"], r[f"on-{where}"]["cpu"]["steal"]) <= MAX_STEAL]
         ratio = sum(p["on"]["achieved_rate"] for p in pairs) / sum(p["off"]["achieved_rate"] for p in pairs)
-        off = sorted(p["off"]["achieved_rate"] for p in pairs)[len(pairs) // 2]
-        on = sorted(p["on"]["achieved_rate"] for p in pairs)[len(pairs) // 2]
-        wait = sorted(p["on"]["cpu"].get("loop_waiting") or 0 for p in pairs)[len(pairs) // 2]
-        print(f"{layout}: {len(pairs)} pairs, on/off {ratio:.1%} {_pooled_ratio_interval(pairs)}, "
-              f"median off {off:.0f} on {on:.0f}, loop waiting on {wait}", flush=True)
-    pinned_vs_free = [r["off-pinned"]["achieved_rate"] / r["off-free"]["achieved_rate"] for r in results]
-    print("off pinned/free median", sorted(pinned_vs_free)[len(pinned_vs_free) // 2])
+        median = lambda side, figure: sorted(figure(p[side]) for p in pairs)[len(pairs) // 2]
+        print(f"{where}: {len(pairs)} pairs, on/off {ratio:.1%} {_pooled_ratio_interval(pairs)}, median req/s off "
+              f"{median('off', lambda v: v['achieved_rate']):.0f} on {median('on', lambda v: v['achieved_rate']):.0f}, "
+              f"loop us off {median('off', lambda v: v['us_per_request']['gateway'])} "
+              f"on {median('on', lambda v: v['us_per_request']['gateway'])}, loop waiting "
+              f"off {median('off', lambda v: v['cpu'].get('loop_waiting') or 0)} "
+              f"on {median('on', lambda v: v['cpu'].get('loop_waiting') or 0)}", flush=True)
 
 
 if __name__ == "__main__":
