@@ -1,12 +1,14 @@
 """A probe (fourteenth session, docs/benchmarks/logging-cost.md): the demo gateway without Kafka
-("off", what `make bench-logging` compares against), with Kafka configured but nothing sampled
-(`log_sample_rate: 0`: the feedback reader and the control producer run, the shipper gets no
-events; "quiet"), and logging every answer ("on"). Three sides per round (4 s closed-loop slices,
-32 connections), order rotated. Its load generator runs in spawned processes, which import their
-code by module name, so it runs from loadtests/ (it writes /tmp/kafka_quiet.json):
+("off", what `make bench-logging` compares against), with Kafka configured and the route's
+`log_sample_rate` at RATE ("quiet"; at 0, the default, nothing is sampled: the feedback reader
+and the control producer run, the shipper gets no events), and logging every answer ("on").
+Three sides per round (4 s closed-loop slices, 32 connections), order rotated. Its load
+generator runs in spawned processes, which import their code by module name, so it runs from
+loadtests/:
 
     cp docs/benchmarks/logging-cost/kafka_quiet_probe.py loadtests/_kafka_quiet_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._kafka_quiet_probe 18
+    deploy/with-kafka.sh .venv/bin/python -m loadtests._kafka_quiet_probe 18            # ROUNDS [RATE [OUT]]
+    deploy/with-kafka.sh .venv/bin/python -m loadtests._kafka_quiet_probe 18 0.5 <out.json>
 """
 from __future__ import annotations
 
@@ -23,12 +25,12 @@ from loadtests import host, servers
 from loadtests.logging_cost import _pooled_ratio_interval, closed_loop, counts, demo_gateway, warm_broker
 
 
-def quiet_gateway(bootstrap: str, spool: str) -> servers.Server:
+def quiet_gateway(bootstrap: str, spool: str, rate: float) -> servers.Server:
     port = servers.free_port()
     config = servers.gateway_config(port, kafka_bootstrap=bootstrap, shadow=True,
                                     kafka_settings={"spool": {"directory": spool}})
     for model in config["models"].values():
-        model["log_sample_rate"] = 0.0
+        model["log_sample_rate"] = rate
     handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(config, handle, sort_keys=False)
@@ -38,24 +40,27 @@ def quiet_gateway(bootstrap: str, spool: str) -> servers.Server:
 
 def main() -> None:
     rounds = int(sys.argv[1])
+    rate = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    out = sys.argv[3] if len(sys.argv) > 3 else "/tmp/kafka_quiet.json"
     sides = ["off", "quiet", "on"]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         gws = {"off": stack.enter_context(demo_gateway(None, stack.enter_context(tempfile.TemporaryDirectory()), {})),
                "on": stack.enter_context(demo_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory()), {})),
-               "quiet": stack.enter_context(quiet_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory())))}
+               "quiet": stack.enter_context(quiet_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory()), rate))}
         print(yaml.safe_load(open(gws["quiet"].argv[-1]))["models"]["wine"].get("log_sample_rate"), flush=True)
         print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = []
         for k in range(rounds):
             order = sides[k % 3:] + sides[:k % 3]
-            entry = {s: closed_loop(gws[s], kafka_pid, 32, 4.0, 1.0, logged=s == "on") for s in order}
+            entry = {s: closed_loop(gws[s], kafka_pid, 32, 4.0, 1.0, logged=s != "off") for s in order}
             results.append(entry)
             print(k, {s: (round(v["achieved_rate"]), v["cpu"].get("loop_waiting"), v["us_per_request"]["gateway"],
                           v["us_per_request"]["shipper"]) for s, v in entry.items()}, flush=True)
         q = counts(gws["quiet"].url)
-        print("quiet side's events:", {k: v for k, v in q.items() if k != "answers"}, flush=True)
-    Path("/tmp/kafka_quiet.json").write_bytes(orjson.dumps(results))
+        print("quiet side's events per model answer:", {k: round(v / q["answers"], 4) for k, v in q.items()
+                                                        if k != "answers"}, flush=True)
+    Path(out).write_bytes(orjson.dumps(results))
     for a, b in (("on", "off"), ("quiet", "off"), ("on", "quiet")):
         pairs = [{"on": r[a], "off": r[b]} for r in results]
         ratio = sum(p["on"]["achieved_rate"] for p in pairs) / sum(p["off"]["achieved_rate"] for p in pairs)
