@@ -135,9 +135,9 @@ def ceiling() -> Server:
 
 
 def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
-                   kafka_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                   kafka_settings: dict[str, Any] | None = None, log_sample_rate: float | None = None) -> dict[str, Any]:
     """config/demo.yaml adapted for a benchmark run (see the module docstring); `kafka_settings`
-    override keys of its `kafka:` section."""
+    override keys of its `kafka:` section, `log_sample_rate` (if given) every model's own."""
     config = yaml.safe_load(DEMO_CONFIG.read_text())
     config.setdefault("server", {})["port"] = port
     config["server"]["host"] = "127.0.0.1"
@@ -147,19 +147,21 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
     if kafka_bootstrap:
         kafka["bootstrap_servers"] = kafka_bootstrap
     kafka.update(kafka_settings or {})
-    if not shadow:
-        for model in config.get("models", {}).values():
-            if isinstance(model.get("route"), dict) and "challengers" in model["route"]:
-                model["route"]["challengers"] = []
+    for model in config.get("models", {}).values():
+        if not shadow and isinstance(model.get("route"), dict) and "challengers" in model["route"]:
+            model["route"]["challengers"] = []
+        if log_sample_rate is not None:
+            model["log_sample_rate"] = log_sample_rate
     return config
 
 
-def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False,
-            kafka_settings: dict[str, Any] | None = None, source: Path = ROOT, wrapper: tuple[str, ...] = ()) -> Server:
+def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False, kafka_settings: dict[str, Any] | None = None,
+            log_sample_rate: float | None = None, source: Path = ROOT, wrapper: tuple[str, ...] = ()) -> Server:
     """The demo gateway; `source` is the source tree it runs (a git worktree, to compare builds);
     `wrapper`, a command it runs under (valgrind, to count the loop's instructions)."""
     port = free_port()
-    config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow, kafka_settings=kafka_settings)
+    config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow, kafka_settings=kafka_settings,
+                            log_sample_rate=log_sample_rate)
     handle = tempfile.NamedTemporaryFile("w", prefix="gateway-bench-", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(config, handle, sort_keys=False)

@@ -393,6 +393,17 @@ def test_logging_cost_champion_only_compares_the_demo_route_without_its_shadow(t
     assert routes[1]["champion"] == routes[0]["champion"]
 
 
+def test_a_benchmark_gateway_can_sample_its_events_at_a_given_rate() -> None:
+    from loadtests import servers
+
+    with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
+        models = [stack.push(servers.gateway(kafka_bootstrap="127.0.0.1:9", shadow=True, **kwargs))
+                  .description["config"]["models"] for kwargs in ({}, {"log_sample_rate": 0.1})]
+    assert [model["log_sample_rate"] for model in models[0].values()] == [1.0]  # the demo's own
+    assert [model["log_sample_rate"] for model in models[1].values()] == [0.1]
+    assert models[1]["wine"]["route"] == models[0]["wine"]["route"]  # the shadow stays
+
+
 def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> None:
     from loadtests.logging_cost import summarise
 

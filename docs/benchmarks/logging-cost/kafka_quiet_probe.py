@@ -19,23 +19,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
-import yaml
 
 from loadtests import host, servers
 from loadtests.logging_cost import _pooled_ratio_interval, closed_loop, counts, demo_gateway, warm_broker
-
-
-def quiet_gateway(bootstrap: str, spool: str, rate: float) -> servers.Server:
-    port = servers.free_port()
-    config = servers.gateway_config(port, kafka_bootstrap=bootstrap, shadow=True,
-                                    kafka_settings={"spool": {"directory": spool}})
-    for model in config["models"].values():
-        model["log_sample_rate"] = rate
-    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    with handle:
-        yaml.safe_dump(config, handle, sort_keys=False)
-    argv = [str(Path(sys.executable).parent / "gateway"), "--log-level", "warning", "serve", "--config", handle.name]
-    return servers.Server("gateway", argv, port, "/v2/health/ready", {}, temporary=(handle.name,))
 
 
 def main() -> None:
@@ -46,8 +32,11 @@ def main() -> None:
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         gws = {"off": stack.enter_context(demo_gateway(None, stack.enter_context(tempfile.TemporaryDirectory()), {})),
                "on": stack.enter_context(demo_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory()), {})),
-               "quiet": stack.enter_context(quiet_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory()), rate))}
-        print(yaml.safe_load(open(gws["quiet"].argv[-1]))["models"]["wine"].get("log_sample_rate"), flush=True)
+               "quiet": stack.enter_context(servers.gateway(
+                   kafka_bootstrap=bootstrap, shadow=True, log_sample_rate=rate,
+                   kafka_settings={"spool": {"directory": stack.enter_context(tempfile.TemporaryDirectory())}}))}
+        print("quiet side's log_sample_rate:", gws["quiet"].description["config"]["models"]["wine"]["log_sample_rate"],
+              flush=True)
         print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = []
