@@ -394,8 +394,6 @@ def test_logging_cost_champion_only_compares_the_demo_route_without_its_shadow(t
 
 
 def test_a_benchmark_gateway_can_sample_its_events_at_a_given_rate() -> None:
-    from loadtests import servers
-
     with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
         models = [stack.push(servers.gateway(kafka_bootstrap="127.0.0.1:9", shadow=True, **kwargs))
                   .description["config"]["models"] for kwargs in ({}, {"log_sample_rate": 0.1})]
