@@ -57,10 +57,12 @@ PARTS = ("gateway", "workers", "shipper")
 
 
 def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
-                 source: Path = servers.ROOT, shadow: bool = True) -> servers.Server:
+                 source: Path = servers.ROOT, shadow: bool = True,
+                 log_sample_rate: float | None = None) -> servers.Server:
     """The demo gateway, logging on or off, its spool in `spool_dir`: with its shadow challenger
-    (two events per request) unless `shadow` is false (champion only, one event per request)."""
-    return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=shadow,
+    (two events per request) unless `shadow` is false (champion only, one event per request);
+    `log_sample_rate`, if given, in place of the demo's own."""
+    return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=shadow, log_sample_rate=log_sample_rate,
                            kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source)
 
 
@@ -204,9 +206,8 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
     stolen = [s for s in kept_up if max(s["off"]["cpu"]["steal"], s["on"]["cpu"]["steal"]) > MAX_STEAL]
     out["pairs_with_steal"] = f"{len(stolen)} of {len(kept_up)}"
     kept_up = [s for s in kept_up if s not in stolen]
-    out["closed_ratio"] = round(sum(s["on"]["achieved_rate"] for s in kept_up) /
-                                sum(s["off"]["achieved_rate"] for s in kept_up), 3) if kept_up else None
-    out["closed_ratio_ci95"] = _pooled_ratio_interval(kept_up)
+    out["closed_ratio"] = round(pooled_ratio(kept_up), 3) if kept_up else None
+    out["closed_ratio_ci95"] = pooled_ratio_interval(kept_up)
     out["closed_pair_ratio_median"] = round(statistics.median(
         s["on"]["achieved_rate"] / s["off"]["achieved_rate"] for s in kept_up), 3) if kept_up else None
     # Over all the slices, what the shipper queued and Kafka confirmed per model answer: what one
@@ -224,7 +225,12 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
     return out
 
 
-def _pooled_ratio_interval(pairs: list[dict[str, Any]]) -> list[float] | None:
+def pooled_ratio(pairs: list[dict[str, Any]]) -> float:
+    """All "on" requests over all "off" requests of closed-loop pairs ({"off": slice, "on": slice})."""
+    return sum(s["on"]["achieved_rate"] for s in pairs) / sum(s["off"]["achieved_rate"] for s in pairs)
+
+
+def pooled_ratio_interval(pairs: list[dict[str, Any]]) -> list[float] | None:
     """95% bootstrap interval of the pooled on/off ratio, resampling whole pairs: how far this
     run's figure may be from the host's state it ran in (pairs swing with the host; runs hours
     apart have read outside each other's intervals)."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import _pooled_ratio_interval, closed_loop, counts, demo_gateway, warm_broker
+from loadtests.logging_cost import closed_loop, counts, demo_gateway, pooled_ratio, pooled_ratio_interval, warm_broker
 
 
 def main() -> None:
@@ -30,11 +30,10 @@ def main() -> None:
     out = sys.argv[3] if len(sys.argv) > 3 else "/tmp/kafka_quiet.json"
     sides = ["off", "quiet", "on"]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gws = {"off": stack.enter_context(demo_gateway(None, stack.enter_context(tempfile.TemporaryDirectory()), {})),
-               "on": stack.enter_context(demo_gateway(bootstrap, stack.enter_context(tempfile.TemporaryDirectory()), {})),
-               "quiet": stack.enter_context(servers.gateway(
-                   kafka_bootstrap=bootstrap, shadow=True, log_sample_rate=rate,
-                   kafka_settings={"spool": {"directory": stack.enter_context(tempfile.TemporaryDirectory())}}))}
+        spools = {side: stack.enter_context(tempfile.TemporaryDirectory()) for side in sides}
+        gws = {"off": stack.enter_context(demo_gateway(None, spools["off"], {})),
+               "quiet": stack.enter_context(demo_gateway(bootstrap, spools["quiet"], {}, log_sample_rate=rate)),
+               "on": stack.enter_context(demo_gateway(bootstrap, spools["on"], {}))}
         print("quiet side's log_sample_rate:", gws["quiet"].description["config"]["models"]["wine"]["log_sample_rate"],
               flush=True)
         print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
@@ -52,8 +51,7 @@ def main() -> None:
     Path(out).write_bytes(orjson.dumps(results))
     for a, b in (("on", "off"), ("quiet", "off"), ("on", "quiet")):
         pairs = [{"on": r[a], "off": r[b]} for r in results]
-        ratio = sum(p["on"]["achieved_rate"] for p in pairs) / sum(p["off"]["achieved_rate"] for p in pairs)
-        print(f"{a}/{b}: {ratio:.1%} {_pooled_ratio_interval(pairs)}", flush=True)
+        print(f"{a}/{b}: {pooled_ratio(pairs):.1%} {pooled_ratio_interval(pairs)}", flush=True)
     for s in sides:
         med = lambda key: sorted(r[s]["us_per_request"][key] for r in results)[len(results) // 2]
         print(s, "median req/s", sorted(r[s]["achieved_rate"] for r in results)[len(results) // 2],

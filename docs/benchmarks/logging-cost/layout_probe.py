@@ -24,8 +24,8 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import (MAX_STEAL, _pooled_ratio_interval, closed_loop, counts, demo_gateway,
-                                    kept_up_with, warm_broker)
+from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, demo_gateway, kept_up_with, pooled_ratio,
+                                    pooled_ratio_interval, warm_broker)
 
 ALL = set(range(os.cpu_count()))
 
@@ -80,9 +80,8 @@ def main() -> None:
         pairs = [{"off": r[f"off-{where}"], "on": r[f"on-{where}"]} for r in results
                  if kept_up_with(r[f"on-{where}"]["shipped"])
                  and max(r[f"off-{where}"]["cpu"]["steal"], r[f"on-{where}"]["cpu"]["steal"]) <= MAX_STEAL]
-        ratio = sum(p["on"]["achieved_rate"] for p in pairs) / sum(p["off"]["achieved_rate"] for p in pairs)
         median = lambda side, figure: sorted(figure(p[side]) for p in pairs)[len(pairs) // 2]
-        print(f"{where}: {len(pairs)} pairs, on/off {ratio:.1%} {_pooled_ratio_interval(pairs)}, median req/s off "
+        print(f"{where}: {len(pairs)} pairs, on/off {pooled_ratio(pairs):.1%} {pooled_ratio_interval(pairs)}, median req/s off "
               f"{median('off', lambda v: v['achieved_rate']):.0f} on {median('on', lambda v: v['achieved_rate']):.0f}, "
               f"loop us off {median('off', lambda v: v['us_per_request']['gateway'])} "
               f"on {median('on', lambda v: v['us_per_request']['gateway'])}, loop waiting "
