@@ -193,6 +193,8 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
         runs = [r[side] for r in rounds]
         out[side] = {"us_per_request": {k: _spread([r["us_per_request"][k] for r in runs])
                                         for k in runs[0]["us_per_request"]},
+                     # what logging adds to the tail below saturation (runs before this was read lack it)
+                     "p99_ms": _spread([r["p99_ms"] for r in runs if "p99_ms" in r] or [float("nan")], 3),
                      "closed_req_s": _spread([s[side]["achieved_rate"] for s in slices]),
                      # runs before this was measured, or on a kernel without schedstat, lack it
                      "loop_waiting_cores": _spread([w for s in slices if (w := s[side]["cpu"].get("loop_waiting"))
@@ -357,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         total = s[side]["us_per_request"]["machine"]
         print(f"  logging {side:3}: {total['median']} us [{total['min']}-{total['max']}]  ({parts})")
     print(f"  => CPU-bound throughput ratio on/off (off us / on us): {s['cpu_ratio']:.1%}")
+    print(f"  p99 latency at that rate, median [min-max]: off {s['off']['p99_ms']['median']} ms "
+          f"[{s['off']['p99_ms']['min']}-{s['off']['p99_ms']['max']}], on {s['on']['p99_ms']['median']} ms "
+          f"[{s['on']['p99_ms']['min']}-{s['on']['p99_ms']['max']}]")
     print(f"Closed loop, {args.connections} connections, {args.slices} slices of {args.closed_duration:.0f} s per side: "
           f"off {s['off']['closed_req_s']['median']:,.0f} req/s [{s['off']['closed_req_s']['min']:,.0f}-"
           f"{s['off']['closed_req_s']['max']:,.0f}], on {s['on']['closed_req_s']['median']:,.0f} req/s "

@@ -383,6 +383,16 @@ def test_logging_cost_counts_only_pairs_whose_shipper_kept_up_and_whose_cores_we
     assert [summary[s]["loop_waiting_cores"]["max"] for s in ("off", "on")] == [0.01, 0.05]
 
 
+def test_logging_cost_reports_what_logging_adds_to_the_p99_below_saturation() -> None:
+    from loadtests.logging_cost import summarise
+
+    rounds = [{side: {"us_per_request": {"machine": 100.0}, "p99_ms": p99} for side, p99 in pair.items()}
+              for pair in ({"off": 3.0, "on": 4.5}, {"off": 3.2, "on": 6.0}, {"off": 2.9, "on": 4.4})]
+    summary = summarise(rounds, [{"off": _side(1000), "on": _side(900)}])
+    assert summary["off"]["p99_ms"] == {"median": 3.0, "min": 2.9, "max": 3.2}
+    assert summary["on"]["p99_ms"] == {"median": 4.5, "min": 4.4, "max": 6.0}
+
+
 def test_logging_cost_champion_only_compares_the_demo_route_without_its_shadow(tmp_path: Path) -> None:
     from loadtests.logging_cost import demo_gateway
 
