@@ -26,7 +26,8 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import SCENARIO, closed_loop, demo_gateway, warm_broker
+from loadtests.logging_cost import (SCENARIO, closed_loop, demo_gateway, pooled_ratio, pooled_ratio_interval,
+                                    warm_broker)
 from loadtests.run import RunSettings, execute
 from loadtests.search import Criteria, run_search
 
@@ -51,8 +52,8 @@ def searched(gateways: dict, kafka_pid: int, rounds: int) -> list[dict]:
         results.append(entry)
         print(k, {side: entry[side]["max_rate"] for side in SIDES},
               f"{entry['on']['max_rate'] / entry['off']['max_rate']:.1%}", flush=True)
-    off, on = (sum(r[side]["max_rate"] for r in results) for side in SIDES)
-    print(f"pooled on/off {on / off:.1%}", flush=True)
+    pairs = [{side: {"achieved_rate": r[side]["max_rate"]} for side in SIDES} for r in results]
+    print(f"pooled on/off {pooled_ratio(pairs):.1%}, 95% interval {pooled_ratio_interval(pairs)}", flush=True)
     return results
 
 
