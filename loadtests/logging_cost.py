@@ -182,6 +182,11 @@ def _spread(values: list[float], digits: int = 1) -> dict[str, float]:
             "max": round(max(values), digits)}
 
 
+def _shown(spread: dict[str, float], unit: str, spec: str = "") -> str:
+    """A `_spread` as the verdict prints it: median [min-max]."""
+    return f"{spread['median']:{spec}} {unit} [{spread['min']:{spec}}-{spread['max']:{spec}}]"
+
+
 def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
               delivery: dict[str, float] | None = None) -> dict[str, Any]:
     """The verdict: figures per side, the on/off ratios, and whether the run counts at all.
@@ -357,15 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     for side in ("off", "on"):
         parts = ", ".join(f"{k} {v['median']}" for k, v in s[side]["us_per_request"].items() if k != "machine")
         total = s[side]["us_per_request"]["machine"]
-        print(f"  logging {side:3}: {total['median']} us [{total['min']}-{total['max']}]  ({parts})")
+        print(f"  logging {side:3}: {_shown(total, 'us')}  ({parts})")
     print(f"  => CPU-bound throughput ratio on/off (off us / on us): {s['cpu_ratio']:.1%}")
-    print(f"  p99 latency at that rate, median [min-max]: off {s['off']['p99_ms']['median']} ms "
-          f"[{s['off']['p99_ms']['min']}-{s['off']['p99_ms']['max']}], on {s['on']['p99_ms']['median']} ms "
-          f"[{s['on']['p99_ms']['min']}-{s['on']['p99_ms']['max']}]")
+    print(f"  p99 latency at that rate, median [min-max]: off {_shown(s['off']['p99_ms'], 'ms')}, "
+          f"on {_shown(s['on']['p99_ms'], 'ms')}")
     print(f"Closed loop, {args.connections} connections, {args.slices} slices of {args.closed_duration:.0f} s per side: "
-          f"off {s['off']['closed_req_s']['median']:,.0f} req/s [{s['off']['closed_req_s']['min']:,.0f}-"
-          f"{s['off']['closed_req_s']['max']:,.0f}], on {s['on']['closed_req_s']['median']:,.0f} req/s "
-          f"[{s['on']['closed_req_s']['min']:,.0f}-{s['on']['closed_req_s']['max']:,.0f}]; the shipper kept up in "
+          f"off {_shown(s['off']['closed_req_s'], 'req/s', ',.0f')}, "
+          f"on {_shown(s['on']['closed_req_s'], 'req/s', ',.0f')}; the shipper kept up in "
           f"{s['slices_kept_up']} slices; over all slices it queued {s['shipped']['queued']:.1%} of the model answers "
           f"({'kept up' if s['shipper_kept_up'] else 'FELL BEHIND'}), Kafka confirmed {s['shipped']['delivered']:.1%} "
           f"within them and {data['delivery_after_slices']['delivered']:.2%} by {AFTER_SLICES:.0f} s after")
