@@ -474,6 +474,24 @@ def test_the_bystander_probe_pools_each_side_over_off_in_the_rounds_the_hypervis
     assert summary["on"]["rate"] == 1275.0  # medians over the counted rounds only
 
 
+def test_the_tail_probes_run_every_side_once_a_round_each_first_in_turn_and_report_medians(tmp_path, capsys) -> None:
+    from loadtests.tail_sides import finish, rotated
+
+    sides = ["off", "on", "sink"]
+    orders = [rotated(sides, k) for k in range(4)]
+    assert all(sorted(order) == sorted(sides) for order in orders)
+    assert [order[0] for order in orders] == ["off", "on", "sink", "off"]
+
+    def side(p99: float) -> dict:
+        return {"response_time_ms": {"p99": p99, "p99.9": 2 * p99}, "cpu": {"machine_busy": 1.0}}
+
+    rounds = [{"off": side(2.0), "on": side(5.0)}, {"on": side(7.0), "off": side(3.0)}, {"off": side(4.0), "on": side(4.0)}]
+    finish(rounds, ["off", "on"], tmp_path / "out.json")
+    assert orjson.loads((tmp_path / "out.json").read_bytes()) == rounds
+    assert capsys.readouterr().out.splitlines() == ["off median p99 3.0 p99.9 6.0 machine busy 1.0",
+                                                    "on median p99 5.0 p99.9 10.0 machine busy 1.0"]
+
+
 def test_the_loop_instruction_probe_reads_every_event_callgrind_totals(tmp_path) -> None:
     """callgrind leaves trailing zero counts out of its summary line: they must read as 0, not shift or vanish."""
     from loadtests.loop_instructions import _totals

@@ -12,19 +12,14 @@ loadtests/:
 """
 from __future__ import annotations
 
-import statistics as st
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
-from pathlib import Path
-
-import orjson
 
 from loadtests import host, servers
 from loadtests.bystander import Bystander, burn, produce
-from loadtests.logging_cost import SCENARIO, demo_gateway, warm_broker
-from loadtests.run import RunSettings, execute
+from loadtests.logging_cost import demo_gateway, warm_broker
+from loadtests.tail_sides import finish, rotated, round_line, run_side
 
 SIDES = ["off", "on", "cpu", "kafka"]
 
@@ -41,34 +36,14 @@ def main() -> None:
         results = []
         try:
             for k in range(rounds):
-                entry = {}
-                for side in SIDES[k % 4:] + SIDES[:k % 4]:
-                    b = bystanders.get(side)
-                    gw = gws["on" if side == "on" else "off"]
-                    if b:
-                        b.active.set()
-                        time.sleep(0.5)
-                        c0, t0 = b.cpu_seconds(), time.monotonic()
-                    r = execute(RunSettings(url=gw.url, scenario=SCENARIO, mode="constant", rate=rate, duration=8.0,
-                                            warmup=1.0, label=side), watch={"server": gw.pid, "kafka": kafka_pid})
-                    extra = None
-                    if b:
-                        extra = round((b.cpu_seconds() - c0) / (time.monotonic() - t0), 3)  # cores while it ran
-                        b.active.clear()
-                        time.sleep(1.0)
-                    entry[side] = {"response_time_ms": r["response_time_ms"], "cpu": r["cpu"], "bystander_cores": extra}
+                entry = {side: run_side(gws["on" if side == "on" else "off"], kafka_pid, rate, side,
+                                        bystanders.get(side)) for side in rotated(SIDES, k)}
                 results.append(entry)
-                print(k, {s: (entry[s]["response_time_ms"]["p50"], entry[s]["response_time_ms"]["p99"],
-                              entry[s]["response_time_ms"]["p99.9"], entry[s]["cpu"]["machine_busy"],
-                              entry[s]["bystander_cores"]) for s in SIDES}, flush=True)
+                print(k, round_line(entry, SIDES), flush=True)
         finally:
             for b in bystanders.values():
                 b.close()
-    Path(out).write_bytes(orjson.dumps(results))
-    for s in SIDES:
-        print(s, "median p99", st.median(r[s]["response_time_ms"]["p99"] for r in results),
-              "p99.9", st.median(r[s]["response_time_ms"]["p99.9"] for r in results),
-              "machine busy", st.median(r[s]["cpu"]["machine_busy"] for r in results))
+    finish(results, SIDES, out)
 
 
 if __name__ == "__main__":
