@@ -58,21 +58,31 @@ def burn(share: float, fresh_mb: int, active: multiprocessing.synchronize.Event)
         time.sleep(READ_PAUSE * (1 - share))
 
 
-def produce(bootstrap: str, rate: float, spool: str, active: multiprocessing.synchronize.Event) -> None:
+def produce(bootstrap: str, rate: float, spool: str, active: multiprocessing.synchronize.Event,
+            mixed: bool = False) -> None:
     """The `kafka` bystander: while `active` is set, a real shipper producing `rate` shadowed
-    requests' events a second to Kafka (the shipper's own process is a child of this one)."""
+    requests' events a second to Kafka (the shipper's own process is a child of this one); single
+    rows, or with `mixed` the `standard` scenario's mix of rows (policy_cost.standard_mix)."""
     from gateway.events.shipper import EventShipper
+    from loadtests.policy_cost import standard_mix
+
+    requests = standard_mix() if mixed else None
 
     async def run() -> None:
         shipper = EventShipper(shipper_cost.settings(bootstrap, spool))
         await shipper.start()
         while True:
             if active.is_set():
-                await shipper_cost.feed(shipper, rate, 0.1)
+                await shipper_cost.feed(shipper, rate, 0.1, requests)
             else:
                 await asyncio.sleep(0.05)
 
     asyncio.run(run())
+
+
+def produce_mixed(bootstrap: str, rate: float, spool: str, active: multiprocessing.synchronize.Event) -> None:
+    """`produce` with the `standard` scenario's mix of rows."""
+    produce(bootstrap, rate, spool, active, mixed=True)
 
 
 def produce_with_kcat(bootstrap: str, rate: float, active: multiprocessing.synchronize.Event) -> None:

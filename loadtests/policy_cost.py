@@ -54,6 +54,24 @@ def shadowed_request() -> tuple[np.ndarray, dict[str, Prediction], dict]:
     return row, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
 
 
+def standard_mix(count: int = 512, seed: int = 1) -> list[tuple[np.ndarray, dict[str, Prediction], dict]]:
+    """`count` shadowed requests as `shadowed_request` gives one, with the `standard` scenario's
+    mix of rows (90% one row, 10% 2-20) of demo wines from the train range."""
+    from gateway.models.demo import sample_wines
+
+    rng = np.random.default_rng(seed)
+    sizes = [1 if rng.random() < 0.9 else int(rng.integers(2, 21)) for _ in range(count)]
+    wines = sample_wines("train", sum(sizes), seed=seed).astype(np.float32)
+    requests, start = [], 0
+    for size in sizes:
+        rows, start = wines[start:start + size], start + size
+        outputs = {v: {"label": rng.integers(0, 3, size=size), "probabilities": rng.random((size, 3), dtype=np.float32)}
+                   for v in ("1", "2")}
+        predictions = {v: Prediction(o, 1.0, size, scoring_log({"input": rows}, o)) for v, o in outputs.items()}
+        requests.append((rows, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}))
+    return requests
+
+
 def handed_over(count: int, row: np.ndarray, predictions: dict[str, Prediction], action: dict) -> bytes:
     """What the gateway's loop hands the shipper for `count` such requests (new ids): one frame."""
     pending: list[bytes] = []

@@ -31,20 +31,22 @@ def settings(bootstrap: str, spool: str) -> dict[str, Any]:
             "create_topics": [["scoring.events"], 6, 1]}
 
 
-async def feed(shipper: Any, rate: float, duration: float) -> int:
+async def feed(shipper: Any, rate: float, duration: float, requests: list[tuple] | None = None) -> int:
     """Hands `shipper` (an EventShipper) the events of `rate` shadowed requests a second for
     `duration` seconds, as the gateway's loop does (its fields and the workers' scoring logs,
-    every 2 ms); how many requests it handed over."""
+    every 2 ms); how many requests it handed over. The requests are `requests` in turn
+    ((rows, predictions, action) each, as policy_cost.shadowed_request gives one), or that one."""
     from gateway.codecs.v2 import InferRequest
     from gateway.events.records import new_id
     from loadtests.policy_cost import shadowed_events, shadowed_request
 
-    row, predictions, action = shadowed_request()
+    requests = requests or [shadowed_request()]
     start, sent = time.monotonic(), 0
     while (elapsed := time.monotonic() - start) < duration:
         while sent < int(elapsed * rate):
+            rows, predictions, action = requests[sent % len(requests)]
             request_id = new_id()
-            request = InferRequest(request_id, {"input": row}, 1)
+            request = InferRequest(request_id, {"input": rows}, len(rows))
             for version, fields in shadowed_events(request_id, action):
                 shipper.log(fields, request, predictions[version])
             sent += 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -41,6 +41,19 @@ def run_side(server: servers.Server, kafka_pid: int | None, rate: float, label: 
         time.sleep(1.0)
     return {"response_time_ms": result["response_time_ms"], "cpu": result["cpu"], "errors": result.get("errors"),
             "bystander_cores": cores}
+
+
+def run_rounds(count: int, sides: Sequence[str], rate: float, kafka_pid: int | None,
+               gateway_of: Callable[[str], servers.Server],
+               bystander_of: Callable[[str], Bystander | None] = lambda side: None) -> list[dict[str, Any]]:
+    """`count` rounds of every side (`run_side` at `rate`, on `gateway_of(side)` with
+    `bystander_of(side)` beside it), each round's figures printed as it ends."""
+    rounds = []
+    for k in range(count):
+        entry = {side: run_side(gateway_of(side), kafka_pid, rate, side, bystander_of(side)) for side in rotated(sides, k)}
+        rounds.append(entry)
+        print(k, round_line(entry, sides), flush=True)
+    return rounds
 
 
 def round_line(entry: dict[str, dict[str, Any]], sides: Sequence[str]) -> dict[str, tuple]:

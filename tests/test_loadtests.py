@@ -492,6 +492,29 @@ def test_the_tail_probes_run_every_side_once_a_round_each_first_in_turn_and_repo
                                                     "on median p99 5.0 p99.9 10.0 machine busy 1.0"]
 
 
+def test_a_bystander_fed_the_standard_mix_hands_its_shipper_the_scenarios_batches_in_turn() -> None:
+    from loadtests.policy_cost import standard_mix
+    from loadtests.shipper_cost import feed
+
+    requests = standard_mix(200)
+    sizes = [len(rows) for rows, _, _ in requests]
+    assert 0.8 < sizes.count(1) / len(sizes) < 0.97 and max(sizes) <= 20 and min(s for s in sizes if s > 1) >= 2
+    for rows, predictions, _ in requests:  # each version's scoring log holds the request's rows
+        assert all(len(orjson.loads(p.log)["inputs"][0]["data"]) == rows.size for p in predictions.values())
+
+    class Shipper:
+        def __init__(self) -> None:
+            self.logged: list[tuple[str, int]] = []
+
+        def log(self, fields, request, prediction) -> None:
+            self.logged.append((fields["model_version"], request.rows))
+
+    shipper = Shipper()
+    sent = asyncio.run(feed(shipper, 2000.0, 0.05, requests))
+    assert sent > 0 and len(shipper.logged) == 2 * sent  # champion and shadow, per request
+    assert [rows for _, rows in shipper.logged[::2]] == [sizes[i % len(sizes)] for i in range(sent)]
+
+
 def test_the_loop_instruction_probe_reads_every_event_callgrind_totals(tmp_path) -> None:
     """callgrind leaves trailing zero counts out of its summary line: they must read as 0, not shift or vanish."""
     from loadtests.loop_instructions import _totals

@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from loadtests import host, servers
 from loadtests.bystander import Bystander, burn, produce
 from loadtests.logging_cost import demo_gateway, warm_broker
-from loadtests.tail_sides import finish, rotated, round_line, run_side
+from loadtests.tail_sides import finish, run_rounds
 
 SIDES = ["off", "on", "cpu", "kafka"]
 
@@ -33,13 +33,9 @@ def main() -> None:
         print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
         bystanders = {"cpu": Bystander(burn, share, 0), "kafka": Bystander(produce, bootstrap, rate, tmp())}
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
-        results = []
         try:
-            for k in range(rounds):
-                entry = {side: run_side(gws["on" if side == "on" else "off"], kafka_pid, rate, side,
-                                        bystanders.get(side)) for side in rotated(SIDES, k)}
-                results.append(entry)
-                print(k, round_line(entry, SIDES), flush=True)
+            results = run_rounds(rounds, SIDES, rate, kafka_pid, lambda side: gws["on" if side == "on" else "off"],
+                                 bystanders.get)
         finally:
             for b in bystanders.values():
                 b.close()
