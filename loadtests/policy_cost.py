@@ -47,11 +47,7 @@ def shadowed_request() -> tuple[np.ndarray, dict[str, Prediction], dict]:
     """A shadowed request on the demo wine route: its input row, each version's prediction with
     the scoring log its worker writes, and the action served (version 1's probabilities)."""
     rng = np.random.default_rng(0)
-    row = rng.random((1, 13), dtype=np.float32)
-    outputs = {v: {"label": np.array([i]), "probabilities": rng.random((1, 3), dtype=np.float32)} for i, v in
-               enumerate(("1", "2"))}
-    predictions = {v: Prediction(o, 1.0, 1, scoring_log({"input": row}, o)) for v, o in outputs.items()}
-    return row, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
+    return _shadowed(rng.random((1, 13), dtype=np.float32), {"1": np.array([0]), "2": np.array([1])}, rng)
 
 
 def standard_mix(count: int = 512, seed: int = 1) -> list[tuple[np.ndarray, dict[str, Prediction], dict]]:
@@ -62,14 +58,16 @@ def standard_mix(count: int = 512, seed: int = 1) -> list[tuple[np.ndarray, dict
     rng = np.random.default_rng(seed)
     sizes = [1 if rng.random() < 0.9 else int(rng.integers(2, 21)) for _ in range(count)]
     wines = sample_wines("train", sum(sizes), seed=seed).astype(np.float32)
-    requests, start = [], 0
-    for size in sizes:
-        rows, start = wines[start:start + size], start + size
-        outputs = {v: {"label": rng.integers(0, 3, size=size), "probabilities": rng.random((size, 3), dtype=np.float32)}
-                   for v in ("1", "2")}
-        predictions = {v: Prediction(o, 1.0, size, scoring_log({"input": rows}, o)) for v, o in outputs.items()}
-        requests.append((rows, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}))
-    return requests
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    return [_shadowed(wines[start:start + size], {v: rng.integers(0, 3, size=size) for v in ("1", "2")}, rng)
+            for start, size in zip(starts, sizes)]
+
+
+def _shadowed(rows: np.ndarray, labels: dict[str, np.ndarray],
+              rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Prediction], dict]:
+    outputs = {v: {"label": labels[v], "probabilities": rng.random((len(rows), 3), dtype=np.float32)} for v in ("1", "2")}
+    predictions = {v: Prediction(o, 1.0, len(rows), scoring_log({"input": rows}, o)) for v, o in outputs.items()}
+    return rows, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
 
 
 def handed_over(count: int, row: np.ndarray, predictions: dict[str, Prediction], action: dict) -> bytes:
