@@ -38,6 +38,7 @@ import orjson
 
 from gateway.events.shipper import READ_PAUSE
 from loadtests import host, logging_cost, report, servers, shipper_cost
+from loadtests.tail_sides import rotated
 
 SIDES = ("off", "on", "cpu", "memory", "kafka", "broker")
 
@@ -124,6 +125,12 @@ class Bystander:
     def cpu_seconds(self) -> float:
         return sum(host.process_cpu_seconds(pid) or 0.0 for pid in host.process_tree(self.process.pid))
 
+    def __enter__(self) -> "Bystander":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self, timeout: float = 15.0) -> None:
         """Ends the bystander, and waits for its children (the `kafka` side's shipper delivers
         what it holds and exits when its parent is gone)."""
@@ -170,24 +177,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             bootstrap if side == "on" else None, stack.enter_context(tempfile.TemporaryDirectory()), {}))
             for side in ("off", "on")}
         logging_cost.warm_broker(gateways["on"], kafka_pid, 1200.0, args.broker_warmup)
-        bystanders = {"cpu": Bystander(burn, args.share, 0), "memory": Bystander(burn, args.share, args.fresh_mb),
-                      "kafka": Bystander(produce, bootstrap, args.kafka_rate,
-                                         stack.enter_context(tempfile.TemporaryDirectory())),
-                      "broker": Bystander(produce_with_kcat, bootstrap, args.kafka_rate)}
+        enter = stack.enter_context  # the bystanders end before the gateways and the broker
+        bystanders = {"cpu": enter(Bystander(burn, args.share, 0)),
+                      "memory": enter(Bystander(burn, args.share, args.fresh_mb)),
+                      "kafka": enter(Bystander(produce, bootstrap, args.kafka_rate,
+                                               enter(tempfile.TemporaryDirectory()))),
+                      "broker": enter(Bystander(produce_with_kcat, bootstrap, args.kafka_rate))}
         rounds = []
-        try:
-            for k in range(args.rounds):
-                order = SIDES[k % len(SIDES):] + SIDES[:k % len(SIDES)]
-                entry = {side: _slice(gateways["on" if side == "on" else "off"], kafka_pid, side == "on",
-                                      bystanders.get(side)) for side in order}
-                rounds.append(entry)
-                print(f"round {k + 1}: " + "; ".join(
-                    f"{side} {entry[side]['rate']:,.0f} req/s, loop {entry[side]['loop_us']} us/req, waiting "
-                    f"{entry[side]['loop_waiting']}, preempted {entry[side]['preempted_per_1000']}/1000"
-                    for side in SIDES), flush=True)
-        finally:
-            for bystander in bystanders.values():
-                bystander.close()
+        for k in range(args.rounds):
+            entry = {side: _slice(gateways["on" if side == "on" else "off"], kafka_pid, side == "on",
+                                  bystanders.get(side)) for side in rotated(SIDES, k)}
+            rounds.append(entry)
+            print(f"round {k + 1}: " + "; ".join(
+                f"{side} {entry[side]['rate']:,.0f} req/s, loop {entry[side]['loop_us']} us/req, waiting "
+                f"{entry[side]['loop_waiting']}, preempted {entry[side]['preempted_per_1000']}/1000"
+                for side in SIDES), flush=True)
     return {"settings": {**vars(args), "out": str(args.out)}, "machine": host.describe_machine(), "rounds": rounds,
             "summary": summarise(rounds)}
 

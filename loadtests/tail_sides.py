@@ -7,14 +7,16 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import orjson
 
 from loadtests import servers
-from loadtests.bystander import Bystander
 from loadtests.logging_cost import SCENARIO
 from loadtests.run import RunSettings, execute
+
+if TYPE_CHECKING:
+    from loadtests.bystander import Bystander
 
 
 def rotated(sides: Sequence[str], round_index: int) -> list[str]:

@@ -48,15 +48,11 @@ def main() -> None:
         gws = {name: stack.enter_context(demo_gateway(None if name == "off" else bootstrap, tmp(), {}, source=tree))
                for name, tree in tree_of.items() if name in wanted}
         print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
-        bystanders = {"kafka": Bystander(produce, bootstrap, rate, tmp()),
-                      "mix": Bystander(produce_mixed, bootstrap, rate, tmp())}
+        bystanders = {"kafka": stack.enter_context(Bystander(produce, bootstrap, rate, tmp())),
+                      "mix": stack.enter_context(Bystander(produce_mixed, bootstrap, rate, tmp()))}
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
-        try:
-            results = run_rounds(rounds, sides, rate, kafka_pid, lambda side: gws[side.split("+")[0]],
-                                 lambda side: bystanders.get(side.partition("+")[2]))
-        finally:
-            for b in bystanders.values():
-                b.close()
+        results = run_rounds(rounds, sides, rate, kafka_pid, lambda side: gws[side.split("+")[0]],
+                             lambda side: bystanders.get(side.partition("+")[2]))
     finish(results, sides, out)
 
 

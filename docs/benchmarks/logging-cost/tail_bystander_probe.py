@@ -31,14 +31,11 @@ def main() -> None:
         gws = {"off": stack.enter_context(demo_gateway(None, tmp(), {})),
                "on": stack.enter_context(demo_gateway(bootstrap, tmp(), {}))}
         print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
-        bystanders = {"cpu": Bystander(burn, share, 0), "kafka": Bystander(produce, bootstrap, rate, tmp())}
+        bystanders = {"cpu": stack.enter_context(Bystander(burn, share, 0)),
+                      "kafka": stack.enter_context(Bystander(produce, bootstrap, rate, tmp()))}
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
-        try:
-            results = run_rounds(rounds, SIDES, rate, kafka_pid, lambda side: gws["on" if side == "on" else "off"],
-                                 bystanders.get)
-        finally:
-            for b in bystanders.values():
-                b.close()
+        results = run_rounds(rounds, SIDES, rate, kafka_pid, lambda side: gws["on" if side == "on" else "off"],
+                             bystanders.get)
     finish(results, SIDES, out)
 
 
