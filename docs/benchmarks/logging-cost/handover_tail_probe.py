@@ -32,8 +32,7 @@ from pathlib import Path
 
 from loadtests import host, servers
 from loadtests.bystander import Bystander, produce, produce_mixed
-from loadtests.logging_cost import demo_gateway, warm_broker
-from loadtests.tail_sides import finish, run_rounds
+from loadtests.tail_sides import finish, run_rounds, warm_gateways
 
 SIDES = ["off", "on", "nohand", "sink", "nohand+kafka", "sink+kafka", "nohand+mix"]
 
@@ -43,11 +42,9 @@ def main() -> None:
     sides = sys.argv[5].split(",") if len(sys.argv) > 5 else SIDES
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         tmp = lambda: stack.enter_context(tempfile.TemporaryDirectory())
-        tree_of = {"off": servers.ROOT, "on": servers.ROOT, "nohand": trees / "nohand", "sink": trees / "sink"}
+        tree_of = {"off": None, "on": servers.ROOT, "nohand": trees / "nohand", "sink": trees / "sink"}
         wanted = {"on"} | {side.split("+")[0] for side in sides}  # "on" warms the broker
-        gws = {name: stack.enter_context(demo_gateway(None if name == "off" else bootstrap, tmp(), {}, source=tree))
-               for name, tree in tree_of.items() if name in wanted}
-        print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
+        gws = warm_gateways(stack, bootstrap, kafka_pid, {name: tree_of[name] for name in tree_of if name in wanted})
         bystanders = {"kafka": stack.enter_context(Bystander(produce, bootstrap, rate, tmp())),
                       "mix": stack.enter_context(Bystander(produce_mixed, bootstrap, rate, tmp()))}
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)

@@ -16,13 +16,11 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 from loadtests import host, servers
-from loadtests.logging_cost import demo_gateway, warm_broker
-from loadtests.tail_sides import finish, rotated, round_line, run_side
+from loadtests.tail_sides import finish, rotated, round_line, run_side, warm_gateways
 
 SIDES = ["off", "on", "off/short", "on/short"]
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -60,10 +58,7 @@ def gateway_threads(root: int) -> list[int]:
 def main() -> None:
     rate, rounds, slice_us, out = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        tmp = lambda: stack.enter_context(tempfile.TemporaryDirectory())
-        gws = {"off": stack.enter_context(demo_gateway(None, tmp(), {})),
-               "on": stack.enter_context(demo_gateway(bootstrap, tmp(), {}))}
-        print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
+        gws = warm_gateways(stack, bootstrap, kafka_pid, {"off": None, "on": servers.ROOT})
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = []
         for k in range(rounds):

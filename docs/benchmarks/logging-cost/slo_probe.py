@@ -19,20 +19,18 @@ runs from loadtests/:
 from __future__ import annotations
 
 import sys
-import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import (SCENARIO, closed_loop, demo_gateway, pooled_ratio, pooled_ratio_interval,
-                                    warm_broker)
-from loadtests.run import RunSettings, execute
+from loadtests.logging_cost import SCENARIO, closed_loop, pooled_ratio, pooled_ratio_interval
+from loadtests.run import RunSettings
 from loadtests.search import Criteria, run_search
+from loadtests.tail_sides import VIEWS, rotated, run_side, warm_gateways
 
 SIDES = ("off", "on")
-VIEWS = ("latency_ms", "response_time_ms", "dispatch_lag_ms")
 
 
 def searched(gateways: dict, kafka_pid: int, rounds: int) -> list[dict]:
@@ -62,12 +60,8 @@ def at_fixed_rates(gateways: dict, kafka_pid: int, rounds: int, rates: list[floa
     for k in range(rounds):
         for i, rate in enumerate(rates):
             entry: dict = {"round": k, "rate": rate}
-            for side in SIDES if (k + i) % 2 == 0 else SIDES[::-1]:
-                r = execute(RunSettings(url=gateways[side].url, scenario=SCENARIO, mode="constant", rate=rate,
-                                        duration=8.0, warmup=1.0, label=side),
-                            watch={"server": gateways[side].pid, "kafka": kafka_pid})
-                entry[side] = {**{view: r[view] for view in VIEWS}, "achieved_rate": r["achieved_rate"],
-                               "errors": r["errors"], "cpu": r["cpu"]}
+            for side in rotated(SIDES, k + i):
+                entry[side] = run_side(gateways[side], kafka_pid, rate, side)
             results.append(entry)
             print(k, rate, {side: {view: {q: entry[side][view].get(q) for q in ("p50", "p99", "p99.9")}
                                    for view in VIEWS} for side in SIDES}, flush=True)
@@ -77,10 +71,7 @@ def at_fixed_rates(gateways: dict, kafka_pid: int, rounds: int, rates: list[floa
 def main() -> None:
     mode, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gateways = {side: stack.enter_context(demo_gateway(bootstrap if side == "on" else None,
-                                                           stack.enter_context(tempfile.TemporaryDirectory()), {}))
-                    for side in SIDES}
-        print("warm", warm_broker(gateways["on"], kafka_pid, 1200.0, 40), flush=True)
+        gateways = warm_gateways(stack, bootstrap, kafka_pid, {"off": None, "on": servers.ROOT})
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         if mode == "search":
             results = searched(gateways, kafka_pid, rounds)

@@ -18,8 +18,7 @@ from contextlib import ExitStack
 
 from loadtests import host, servers
 from loadtests.bystander import Bystander, burn, produce
-from loadtests.logging_cost import demo_gateway, warm_broker
-from loadtests.tail_sides import finish, run_rounds
+from loadtests.tail_sides import finish, run_rounds, warm_gateways
 
 SIDES = ["off", "on", "cpu", "kafka"]
 
@@ -27,12 +26,10 @@ SIDES = ["off", "on", "cpu", "kafka"]
 def main() -> None:
     rate, rounds, share, out = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        tmp = lambda: stack.enter_context(tempfile.TemporaryDirectory())
-        gws = {"off": stack.enter_context(demo_gateway(None, tmp(), {})),
-               "on": stack.enter_context(demo_gateway(bootstrap, tmp(), {}))}
-        print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
+        gws = warm_gateways(stack, bootstrap, kafka_pid, {"off": None, "on": servers.ROOT})
         bystanders = {"cpu": stack.enter_context(Bystander(burn, share, 0)),
-                      "kafka": stack.enter_context(Bystander(produce, bootstrap, rate, tmp()))}
+                      "kafka": stack.enter_context(Bystander(produce, bootstrap, rate,
+                                                             stack.enter_context(tempfile.TemporaryDirectory())))}
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = run_rounds(rounds, SIDES, rate, kafka_pid, lambda side: gws["on" if side == "on" else "off"],
                              bystanders.get)
