@@ -173,10 +173,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gateways = {side: stack.enter_context(logging_cost.demo_gateway(
-            bootstrap if side == "on" else None, stack.enter_context(tempfile.TemporaryDirectory()), {}))
-            for side in ("off", "on")}
-        logging_cost.warm_broker(gateways["on"], kafka_pid, 1200.0, args.broker_warmup)
+        gateways, _ = logging_cost.warm_gateways(stack, bootstrap, kafka_pid, warmup=args.broker_warmup)
         enter = stack.enter_context  # the bystanders end before the gateways and the broker
         bystanders = {"cpu": enter(Bystander(burn, args.share, 0)),
                       "memory": enter(Bystander(burn, args.share, args.fresh_mb)),

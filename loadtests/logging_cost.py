@@ -177,6 +177,25 @@ def warm_broker(server: servers.Server, kafka_pid: int, rate: float, max_seconds
     return {"seconds": 10 * len(steps), "jit_cores_per_step": steps}
 
 
+def warm_gateways(stack: ExitStack, bootstrap: str, kafka_pid: int | None,
+                  trees: dict[str, Path | None] | None = None, kafka_settings: dict[str, Any] | None = None,
+                  shadow: bool = True, rate: float = 1200.0,
+                  warmup: float = 40.0) -> tuple[dict[str, servers.Server], dict[str, Any] | None]:
+    """The demo gateways a comparison runs, one per name in `trees` (None: the project's own,
+    logging off, no Kafka; a path: that source tree's, logging to `bootstrap`; by default "off"
+    and "on" of the project's own), each with a spool of its own and ended by `stack`; then the
+    broker warmed by the "on" gateway's load at `rate` for at most `warmup` s (0: not warmed).
+    Returns the gateways and the warm-up's steps."""
+    trees = trees or {"off": None, "on": servers.ROOT}
+    gateways = {name: stack.enter_context(demo_gateway(
+        None if tree is None else bootstrap,
+        stack.enter_context(tempfile.TemporaryDirectory(prefix=f"logcost-spool-{name}-")), kafka_settings or {},
+        source=tree or servers.ROOT, shadow=shadow)) for name, tree in trees.items()}
+    warm = warm_broker(gateways["on"], kafka_pid, rate, warmup) if warmup else None
+    print(f"broker warm-up: {warm}", flush=True)
+    return gateways, warm
+
+
 def _spread(values: list[float], digits: int = 1) -> dict[str, float]:
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
             "max": round(max(values), digits)}
@@ -267,13 +286,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         if kafka_pid is None:
             raise SystemExit("the Kafka broker must run on this machine (its CPU is part of the cost)")
-        gateways = {side: stack.enter_context(demo_gateway(
-            bootstrap if side == "on" else None,
-            stack.enter_context(tempfile.TemporaryDirectory(prefix=f"logcost-spool-{side}-")), kafka_settings,
-            shadow=not args.champion_only))
-            for side in ("off", "on")}
-        warm = warm_broker(gateways["on"], kafka_pid, args.rate, args.broker_warmup) if args.broker_warmup else None
-        print(f"broker warm-up: {warm}", flush=True)
+        gateways, warm = warm_gateways(stack, bootstrap, kafka_pid, kafka_settings=kafka_settings,
+                                       shadow=not args.champion_only, rate=args.rate, warmup=args.broker_warmup)
         quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait) if args.quiet_wait else None
         rounds: list[dict[str, Any]] = []
         for k in range(args.rounds):

@@ -1,21 +1,19 @@
 """Sides at a fixed open-loop rate, for the probes that ask where logging's added tail comes from
 (docs/benchmarks/logging-cost/*_probe.py). Each round runs every side once, in an order
 rotated per round, so that the shared host's drift over a run falls on every side alike; a
-side may have a bystander working beside the gateway while it runs. Also the gateways they
-compare, started and the broker warmed alike (`warm_gateways`), for slo_probe.py's fixed rates too."""
+side may have a bystander working beside the gateway while it runs (the gateways they compare
+come from logging_cost.warm_gateways, as slo_probe.py's do)."""
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import orjson
 
 from loadtests import servers
-from loadtests.logging_cost import SCENARIO, demo_gateway, warm_broker
+from loadtests.logging_cost import SCENARIO
 from loadtests.run import RunSettings, execute
 
 if TYPE_CHECKING:
@@ -24,19 +22,6 @@ if TYPE_CHECKING:
 # Each side's latencies: from the intended send time, from the actual send (the server's part),
 # and the load generator's lag between them.
 VIEWS = ("latency_ms", "response_time_ms", "dispatch_lag_ms")
-
-
-def warm_gateways(stack: ExitStack, bootstrap: str, kafka_pid: int | None,
-                  trees: dict[str, Path | None]) -> dict[str, servers.Server]:
-    """The demo gateways, one per name in `trees`, each run from its source tree (None: the
-    project's own, with logging off and no Kafka; the others log to `bootstrap`) and ended by
-    `stack`; then the broker warmed by the "on" gateway's load (it must be one of them)."""
-    gateways = {name: stack.enter_context(demo_gateway(None if tree is None else bootstrap,
-                                                       stack.enter_context(tempfile.TemporaryDirectory()), {},
-                                                       source=tree or servers.ROOT))
-                for name, tree in trees.items()}
-    print("warm", warm_broker(gateways["on"], kafka_pid, 1200.0, 40), flush=True)
-    return gateways
 
 
 def rotated(sides: Sequence[str], round_index: int) -> list[str]:

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from loadtests import host, servers
 from loadtests.bystander import Bystander, produce, produce_mixed
-from loadtests.tail_sides import finish, run_rounds, warm_gateways
+from loadtests.logging_cost import warm_gateways
+from loadtests.tail_sides import finish, run_rounds
 
 SIDES = ["off", "on", "nohand", "sink", "nohand+kafka", "sink+kafka", "nohand+mix"]
 
@@ -44,7 +45,7 @@ def main() -> None:
         tmp = lambda: stack.enter_context(tempfile.TemporaryDirectory())
         tree_of = {"off": None, "on": servers.ROOT, "nohand": trees / "nohand", "sink": trees / "sink"}
         wanted = {"on"} | {side.split("+")[0] for side in sides}  # "on" warms the broker
-        gws = warm_gateways(stack, bootstrap, kafka_pid, {name: tree_of[name] for name in tree_of if name in wanted})
+        gws, _ = warm_gateways(stack, bootstrap, kafka_pid, {name: tree_of[name] for name in tree_of if name in wanted})
         bystanders = {"kafka": stack.enter_context(Bystander(produce, bootstrap, rate, tmp())),
                       "mix": stack.enter_context(Bystander(produce_mixed, bootstrap, rate, tmp()))}
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)

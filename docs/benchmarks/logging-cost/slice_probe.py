@@ -20,7 +20,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from loadtests import host, servers
-from loadtests.tail_sides import finish, rotated, round_line, run_side, warm_gateways
+from loadtests.logging_cost import warm_gateways
+from loadtests.tail_sides import finish, rotated, round_line, run_side
 
 SIDES = ["off", "on", "off/short", "on/short"]
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -58,7 +59,7 @@ def gateway_threads(root: int) -> list[int]:
 def main() -> None:
     rate, rounds, slice_us, out = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gws = warm_gateways(stack, bootstrap, kafka_pid, {"off": None, "on": servers.ROOT})
+        gws, _ = warm_gateways(stack, bootstrap, kafka_pid)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = []
         for k in range(rounds):

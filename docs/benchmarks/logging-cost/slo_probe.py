@@ -25,10 +25,10 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import SCENARIO, closed_loop, pooled_ratio, pooled_ratio_interval
+from loadtests.logging_cost import SCENARIO, closed_loop, pooled_ratio, pooled_ratio_interval, warm_gateways
 from loadtests.run import RunSettings
 from loadtests.search import Criteria, run_search
-from loadtests.tail_sides import VIEWS, rotated, run_side, warm_gateways
+from loadtests.tail_sides import VIEWS, rotated, run_side
 
 SIDES = ("off", "on")
 
@@ -71,7 +71,7 @@ def at_fixed_rates(gateways: dict, kafka_pid: int, rounds: int, rates: list[floa
 def main() -> None:
     mode, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gateways = warm_gateways(stack, bootstrap, kafka_pid, {"off": None, "on": servers.ROOT})
+        gateways, _ = warm_gateways(stack, bootstrap, kafka_pid)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         if mode == "search":
             results = searched(gateways, kafka_pid, rounds)

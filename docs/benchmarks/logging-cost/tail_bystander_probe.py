@@ -18,7 +18,8 @@ from contextlib import ExitStack
 
 from loadtests import host, servers
 from loadtests.bystander import Bystander, burn, produce
-from loadtests.tail_sides import finish, run_rounds, warm_gateways
+from loadtests.logging_cost import warm_gateways
+from loadtests.tail_sides import finish, run_rounds
 
 SIDES = ["off", "on", "cpu", "kafka"]
 
@@ -26,7 +27,7 @@ SIDES = ["off", "on", "cpu", "kafka"]
 def main() -> None:
     rate, rounds, share, out = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gws = warm_gateways(stack, bootstrap, kafka_pid, {"off": None, "on": servers.ROOT})
+        gws, _ = warm_gateways(stack, bootstrap, kafka_pid)
         bystanders = {"cpu": stack.enter_context(Bystander(burn, share, 0)),
                       "kafka": stack.enter_context(Bystander(produce, bootstrap, rate,
                                                              stack.enter_context(tempfile.TemporaryDirectory())))}
