@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -52,12 +53,17 @@ def run_side(server: servers.Server, kafka_pid: int | None, rate: float, label: 
 
 def run_rounds(count: int, sides: Sequence[str], rate: float, kafka_pid: int | None,
                gateway_of: Callable[[str], servers.Server],
-               bystander_of: Callable[[str], Bystander | None] = lambda side: None) -> list[dict[str, Any]]:
+               bystander_of: Callable[[str], Bystander | None] = lambda side: None,
+               around: Callable[[str], AbstractContextManager] = lambda side: nullcontext()) -> list[dict[str, Any]]:
     """`count` rounds of every side (`run_side` at `rate`, on `gateway_of(side)` with
-    `bystander_of(side)` beside it), each round's figures printed as it ends."""
+    `bystander_of(side)` beside it, inside `around(side)`: a setting made for that side alone),
+    each round's figures printed as it ends."""
     rounds = []
     for k in range(count):
-        entry = {side: run_side(gateway_of(side), kafka_pid, rate, side, bystander_of(side)) for side in rotated(sides, k)}
+        entry = {}
+        for side in rotated(sides, k):
+            with around(side):
+                entry[side] = run_side(gateway_of(side), kafka_pid, rate, side, bystander_of(side))
         rounds.append(entry)
         print(k, round_line(entry, sides), flush=True)
     return rounds

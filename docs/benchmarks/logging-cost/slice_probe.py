@@ -16,12 +16,13 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from loadtests import host, servers
 from loadtests.logging_cost import warm_gateways
-from loadtests.tail_sides import finish, rotated, round_line, run_side
+from loadtests.tail_sides import finish, run_rounds
 
 SIDES = ["off", "on", "off/short", "on/short"]
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,24 +57,27 @@ def gateway_threads(root: int) -> list[int]:
     return tids
 
 
+@contextmanager
+def slices(gateway: servers.Server, ns: int) -> Iterator[None]:
+    """The gateway's loop and workers on slices of `ns` (0: the kernel's default) while inside; the default after."""
+    tids = gateway_threads(gateway.pid)
+    for tid in tids:
+        set_slice(tid, ns)
+    try:
+        yield
+    finally:
+        for tid in tids:
+            set_slice(tid, 0)
+
+
 def main() -> None:
     rate, rounds, slice_us, out = float(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         gws, _ = warm_gateways(stack, bootstrap, kafka_pid)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
-        results = []
-        for k in range(rounds):
-            entry = {}
-            for side in rotated(SIDES, k):
-                gw = gws[side.split("/")[0]]
-                tids = gateway_threads(gw.pid)
-                for tid in tids:
-                    set_slice(tid, int(slice_us * 1000) if side.endswith("/short") else 0)  # 0: the kernel's default
-                entry[side] = run_side(gw, kafka_pid, rate, side)
-                for tid in tids:
-                    set_slice(tid, 0)
-            results.append(entry)
-            print(k, round_line(entry, SIDES), flush=True)
+        gateway_of = lambda side: gws[side.split("/")[0]]  # noqa: E731
+        results = run_rounds(rounds, SIDES, rate, kafka_pid, gateway_of, around=lambda side: slices(
+            gateway_of(side), int(slice_us * 1000) if side.endswith("/short") else 0))
     finish(results, SIDES, out)
 
 
