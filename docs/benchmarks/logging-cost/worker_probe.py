@@ -1,7 +1,8 @@
 """A probe (nineteenth session, docs/benchmarks/logging-cost.md): what does logging add to a model
-worker's own code? `scorers.worker.score_frames` over the same demo request frames (one row of
-the wine data's 13 features), with and without the gateway's `"log": true`, for each demo
-version and for batches of 1, 2 and 4 frames (the worker stacks what waited into one batch):
+worker's own code? `scorers.worker.score_frames` over the same demo request frames (the
+one-row request of loadtests.policy_cost.shadowed_request), with and without the gateway's
+`"log": true`, for each demo version and for batches of 1, 2 and 4 frames (the worker stacks
+what waited into one batch):
 CPU per answer (time.process_time), the least of 3 repeats of 20,000 answers a side. With the
 flag the worker also writes the request's scoring log and sends it back with the answer. No
 gateway, no sockets: only the worker's code, in this process. Run from the project root after
@@ -13,8 +14,7 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
+from loadtests.policy_cost import shadowed_request
 from scorers.protocol import encode, split_frames
 from scorers.worker import load_scorer, score_frames
 
@@ -23,7 +23,7 @@ REPEATS = 3
 
 
 def frames(count: int, log: bool) -> list[tuple[dict, bytes]]:
-    row = np.random.default_rng(0).random((1, 13), dtype=np.float32)
+    row = shadowed_request()[0]
     data = b"".join(encode({"seq": i, "log": True} if log else {"seq": i}, {"input": row}) for i in range(count))
     return split_frames(data)[0]
 
