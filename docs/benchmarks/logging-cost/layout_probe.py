@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, demo_gateway, kept_up_with, pooled_ratio,
-                                    pooled_ratio_interval, warm_broker)
+from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, kept_up_with, pooled_ratio, pooled_ratio_interval,
+                                    warm_gateways)
 
 ALL = set(range(os.cpu_count()))
 
@@ -54,10 +53,7 @@ def main() -> None:
     layout, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     sides = [("off", "free"), ("on", "free"), ("off", layout), ("on", layout)]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
-        gws = {s: stack.enter_context(demo_gateway(bootstrap if s == "on" else None,
-                                                   stack.enter_context(tempfile.TemporaryDirectory()), {}))
-               for s in ("off", "on")}
-        print("warm", warm_broker(gws["on"], kafka_pid, 1200.0, 40), flush=True)
+        gws, _ = warm_gateways(stack, bootstrap, kafka_pid)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = []
         before = counts(gws["on"].url)
