@@ -38,7 +38,7 @@ import orjson
 
 from gateway.events.shipper import READ_PAUSE
 from loadtests import host, logging_cost, report, servers, shipper_cost
-from loadtests.tail_sides import rotated
+from loadtests.logging_cost import rotated
 
 SIDES = ("off", "on", "cpu", "memory", "kafka", "broker")
 

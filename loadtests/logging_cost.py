@@ -36,7 +36,7 @@ import time
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import orjson
@@ -54,6 +54,7 @@ DELIVERED_AFTER = 0.999  # ... all of them: "delivered" counts the warm-ups' eve
 MAX_STEAL = 0.05  # cores the hypervisor took from either slice of a pair, at most: steal removes the CPU being measured
 SLICE_KEEP_UP = 0.9  # in one slice (4 s): the shipper reads in 100 ms bursts, Kafka confirms per linger
 PARTS = ("gateway", "workers", "shipper")
+SIDES = ("off", "on")  # logging off (no Kafka at all), logging every answer
 
 
 def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
@@ -213,7 +214,7 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
     `delivery`: what Kafka had of the slices' events AFTER_SLICES after the last one; a run
     whose events were not all there (or went to the spool) deferred or escaped its logging work."""
     out: dict[str, Any] = {}
-    for side in ("off", "on"):
+    for side in SIDES:
         runs = [r[side] for r in rounds]
         out[side] = {"us_per_request": {k: _spread([r["us_per_request"][k] for r in runs])
                                         for k in runs[0]["us_per_request"]},
@@ -277,8 +278,11 @@ def kept_up_with(shipped: dict[str, float]) -> bool:
     return shipped["queued"] >= SLICE_KEEP_UP and shipped["spooled"] == 0
 
 
-def _order(k: int) -> tuple[str, str]:
-    return ("off", "on") if k % 2 == 0 else ("on", "off")
+def rotated(sides: Sequence[str], round_index: int) -> list[str]:
+    """The sides in round `round_index`'s order: each round starts one side later, so the shared
+    host's drift over a run falls on every side alike (with two sides, they alternate)."""
+    start = round_index % len(sides)
+    return [*sides[start:], *sides[:start]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -292,9 +296,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds: list[dict[str, Any]] = []
         for k in range(args.rounds):
             entry = {side: cpu_per_request(gateways[side], kafka_pid, args.rate, args.cpu_duration, args.warmup)
-                     for side in _order(k)}
+                     for side in rotated(SIDES, k)}
             rounds.append(entry)
-            for side in ("off", "on"):
+            for side in SIDES:
                 cpu = entry[side]
                 print(f"cpu round {k + 1} logging {side:3}: {cpu['us_per_request']} us/request at "
                       f"{cpu['achieved_rate']:.0f}/s (p99 {cpu['p99_ms']} ms, other {cpu['other_cores']}, "
@@ -303,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         before = counts(gateways["on"].url)
         for k in range(args.slices):
             entry = {side: closed_loop(gateways[side], kafka_pid, args.connections, args.closed_duration,
-                                       args.closed_warmup, logged=side == "on") for side in _order(k)}
+                                       args.closed_warmup, logged=side == "on") for side in rotated(SIDES, k)}
             slices.append(entry)
             print(f"closed slice {k + 1}: off {entry['off']['achieved_rate']:,.0f} req/s, on "
                   f"{entry['on']['achieved_rate']:,.0f} req/s ({entry['on']['achieved_rate'] / entry['off']['achieved_rate']:.1%}); "
@@ -373,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     s = data["summary"]
     print(f"\nCPU per request (gateway tree + Kafka broker + load generator), median [min-max] over "
           f"{args.rounds} rounds at {args.rate:.0f} req/s open loop:")
-    for side in ("off", "on"):
+    for side in SIDES:
         parts = ", ".join(f"{k} {v['median']}" for k, v in s[side]["us_per_request"].items() if k != "machine")
         total = s[side]["us_per_request"]["machine"]
         print(f"  logging {side:3}: {_shown(total, 'us')}  ({parts})")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import orjson
 
 from loadtests import servers
-from loadtests.logging_cost import SCENARIO
+from loadtests.logging_cost import SCENARIO, rotated
 from loadtests.run import RunSettings, execute
 
 if TYPE_CHECKING:
@@ -23,12 +23,6 @@ if TYPE_CHECKING:
 # Each side's latencies: from the intended send time, from the actual send (the server's part),
 # and the load generator's lag between them.
 VIEWS = ("latency_ms", "response_time_ms", "dispatch_lag_ms")
-
-
-def rotated(sides: Sequence[str], round_index: int) -> list[str]:
-    """The sides in round `round_index`'s order: each round starts one side later."""
-    start = round_index % len(sides)
-    return [*sides[start:], *sides[:start]]
 
 
 def run_side(server: servers.Server, kafka_pid: int | None, rate: float, label: str,

@@ -475,7 +475,8 @@ def test_the_bystander_probe_pools_each_side_over_off_in_the_rounds_the_hypervis
 
 
 def test_the_tail_probes_run_every_side_once_a_round_each_first_in_turn_and_report_medians(tmp_path, capsys) -> None:
-    from loadtests.tail_sides import finish, rotated
+    from loadtests.logging_cost import rotated
+    from loadtests.tail_sides import finish
 
     sides = ["off", "on", "sink"]
     orders = [rotated(sides, k) for k in range(4)]

@@ -21,7 +21,8 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import closed_loop, counts, demo_gateway, pooled_ratio, pooled_ratio_interval, warm_broker
+from loadtests.logging_cost import (closed_loop, counts, demo_gateway, pooled_ratio, pooled_ratio_interval, rotated,
+                                    warm_broker)
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
         results = []
         for k in range(rounds):
-            order = sides[k % 3:] + sides[:k % 3]
+            order = rotated(sides, k)
             entry = {s: closed_loop(gws[s], kafka_pid, 32, 4.0, 1.0, logged=s != "off") for s in order}
             results.append(entry)
             print(k, {s: (round(v["achieved_rate"]), v["cpu"].get("loop_waiting"), v["us_per_request"]["gateway"],

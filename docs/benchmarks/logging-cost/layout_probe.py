@@ -24,7 +24,7 @@ import orjson
 
 from loadtests import host, servers
 from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, kept_up_with, pooled_ratio, pooled_ratio_interval,
-                                    warm_gateways)
+                                    rotated, warm_gateways)
 
 ALL = set(range(os.cpu_count()))
 
@@ -59,7 +59,7 @@ def main() -> None:
         before = counts(gws["on"].url)
         for k in range(rounds):
             entry = {}
-            for logging, where in sides[k % 4:] + sides[:k % 4]:
+            for logging, where in rotated(sides, k):
                 place(where, gws[logging].pid, kafka_pid)
                 entry[f"{logging}-{where}"] = closed_loop(gws[logging], kafka_pid, 32, 4.0, 1.0, logged=logging == "on")
                 place("free", gws[logging].pid, kafka_pid)
