@@ -25,10 +25,10 @@ from pathlib import Path
 import orjson
 
 from loadtests import host, servers
-from loadtests.logging_cost import SCENARIO, closed_loop, pooled_ratio, pooled_ratio_interval, warm_gateways
+from loadtests.logging_cost import SCENARIO, closed_loop, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
 from loadtests.run import RunSettings
 from loadtests.search import Criteria, run_search
-from loadtests.tail_sides import VIEWS, rotated, run_side
+from loadtests.tail_sides import VIEWS, run_side
 
 SIDES = ("off", "on")
 
@@ -40,7 +40,7 @@ def searched(gateways: dict, kafka_pid: int, rounds: int) -> list[dict]:
     results = []
     for k in range(rounds):
         entry = {}
-        for side in SIDES if k % 2 == 0 else SIDES[::-1]:
+        for side in rotated(SIDES, k):
             found = run_search(RunSettings(url=gateways[side].url, scenario=SCENARIO, mode="constant", duration=5.0,
                                            warmup=1.0, label=side), criteria,
                                watch={"server": gateways[side].pid, "kafka": kafka_pid})
