@@ -10,8 +10,14 @@ Two measures:
     machine throughput is inversely proportional to the CPU each request costs;
   - throughput (the issue-3 measurement): closed-loop slices, 32 connections, scenario
     `standard`, achieved requests/s; the ratio is all "on" requests over all "off" requests,
-    the median of the adjacent pairs' ratios and a 95% bootstrap interval (pairs resampled)
-    beside it. A pair counts only if the hypervisor took
+    the median of the adjacent pairs' ratios and a 95% interval beside it. Both gateways are
+    started afresh `--starts` times in a run, the slices shared out among the starts: each
+    process start draws a speed it keeps for its life (two identical gateways, A over B, read
+    97.8-105.0% over ten starts, three of them with pair intervals that leave out 100%:
+    docs/benchmarks/logging-cost/restart_probe.py), so one start per side puts one draw into
+    every pair of a run, and runs at the same code read 90.8% and 85.7% with pair intervals a
+    point wide. The interval is therefore Student's t over the starts' ratios (each start's
+    pairs pooled): what another run could read. A pair counts only if the hypervisor took
     at most MAX_STEAL cores from either slice (steal hit "off" slices harder in one run, and
     lifted its ratio from 81% on the quiet pairs to 91%), and only if the "on" gateway's
     shipper kept up (`kept_up_with`): the events it queued for Kafka during the slice (its own
@@ -24,7 +30,7 @@ Before measuring, logged load runs until the broker's JIT compiler is nearly idl
 spends minutes compiling, which a long-running broker has done (reported, and capped).
 
     deploy/with-kafka.sh .venv/bin/python -m loadtests.logging_cost      # what `make bench-logging` runs
-    deploy/with-kafka.sh .venv/bin/python -m loadtests.logging_cost --rounds 1 --slices 2 --cpu-duration 8 --broker-warmup 20
+    deploy/with-kafka.sh .venv/bin/python -m loadtests.logging_cost --rounds 1 --slices 4 --starts 2 --cpu-duration 8 --broker-warmup 20
 """
 from __future__ import annotations
 
@@ -49,8 +55,8 @@ from loadtests.run import RunSettings, execute
 
 SCENARIO = "standard"
 KEEP_UP = 0.97  # events queued per model answer over all the slices, at least
-AFTER_SLICES = 5.0  # seconds after the last slice at which every event of the slices must be in Kafka
-DELIVERED_AFTER = 0.999  # ... all of them: "delivered" counts the warm-ups' events too, per answer of the slices
+AFTER_SLICES = 5.0  # seconds after each start's last slice at which every event its "on" gateway logged must be in Kafka
+DELIVERED_AFTER = 0.999  # ... all of them (per answer; runs before --starts counted the warm-ups' late events too)
 MAX_STEAL = 0.05  # cores the hypervisor took from either slice of a pair, at most: steal removes the CPU being measured
 SLICE_KEEP_UP = 0.9  # in one slice (4 s): the shipper reads in 100 ms bursts, Kafka confirms per linger
 PARTS = ("gateway", "workers", "shipper")
@@ -122,7 +128,8 @@ def _measured(server: servers.Server, kafka_pid: int | None, settings: RunSettin
                      actions=[(settings.warmup, snap), (settings.warmup + settings.duration, snap)])
     answered = max(result["achieved_rate"] * settings.duration, 1.0)
     us = {part: round((samples[1][part] - samples[0][part]) / answered * 1e6, 1) for part in PARTS}
-    us["kafka"] = round(result["cpu"]["kafka"] * settings.duration / answered * 1e6, 1)  # idle when logging is off
+    # Idle when logging is off; 0 when there is no broker to watch (a probe of gateways without Kafka)
+    us["kafka"] = round(result["cpu"].get("kafka", 0.0) * settings.duration / answered * 1e6, 1)
     # Cores' worth of time the request loop was ready but waited for a core: at saturation, throughput lost
     (t0, w0), (t1, w1) = waited
     result["cpu"]["loop_waiting"] = None if w0 is None or w1 is None else round((w1 - w0) / max(t1 - t0, 1e-9), 3)
@@ -234,7 +241,11 @@ def summarise(rounds: list[dict[str, Any]], slices: list[dict[str, Any]],
     out["pairs_with_steal"] = f"{len(stolen)} of {len(kept_up)}"
     kept_up = [s for s in kept_up if s not in stolen]
     out["closed_ratio"] = round(pooled_ratio(kept_up), 3) if kept_up else None
-    out["closed_ratio_ci95"] = pooled_ratio_interval(kept_up)
+    by_start = starts_ratios(kept_up)
+    out["closed_ratio_by_start"] = by_start
+    # Over the starts when there were several; runs before --starts had one, and resampled pairs
+    out["closed_ratio_interval_over"] = "starts" if len(by_start) > 1 else "pairs"
+    out["closed_ratio_ci95"] = starts_interval(by_start) if len(by_start) > 1 else pooled_ratio_interval(kept_up)
     out["closed_pair_ratio_median"] = round(statistics.median(
         s["on"]["achieved_rate"] / s["off"]["achieved_rate"] for s in kept_up), 3) if kept_up else None
     # Over all the slices, what the shipper queued and Kafka confirmed per model answer: what one
@@ -270,6 +281,27 @@ def pooled_ratio_interval(pairs: list[dict[str, Any]]) -> list[float] | None:
     return [round(float(found.confidence_interval.low), 3), round(float(found.confidence_interval.high), 3)]
 
 
+def starts_ratios(pairs: list[dict[str, Any]]) -> list[float]:
+    """Each gateway start's pooled on/off ratio, in start order (a run's pairs carry their start;
+    runs from before --starts had one)."""
+    starts: dict[int, list[dict[str, Any]]] = {}
+    for pair in pairs:
+        starts.setdefault(pair.get("start", 0), []).append(pair)
+    return [round(pooled_ratio(starts[k]), 4) for k in sorted(starts)]
+
+
+def starts_interval(ratios: list[float]) -> list[float] | None:
+    """95% Student's t interval of the mean of the starts' ratios: each start draws both gateways'
+    speeds anew, so the starts, not the pairs, are the independent samples of what a run reads."""
+    if len(ratios) < 2:
+        return None
+    mean, sem = float(np.mean(ratios)), float(stats.sem(ratios))
+    if sem == 0.0:  # starts that agree exactly (scipy's interval is undefined at zero spread)
+        return [round(mean, 3), round(mean, 3)]
+    low, high = stats.t.interval(0.95, len(ratios) - 1, loc=mean, scale=sem)
+    return [round(float(low), 3), round(float(high), 3)]
+
+
 def kept_up_with(shipped: dict[str, float]) -> bool:
     """Whether the shipper kept up with a slice's logging: it queued nearly every event for Kafka
     (SLICE_KEEP_UP: within the granularity of its bursts) and spooled none (a stalled delivery
@@ -287,47 +319,65 @@ def rotated(sides: Sequence[str], round_index: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     kafka_settings = dict(_setting(s) for s in args.kafka)
-    with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
+    per_start = args.slices // args.starts
+    rounds: list[dict[str, Any]] = []
+    slices: list[dict[str, Any]] = []
+    tally: dict[str, float] = {}  # what the "on" gateways counted in their lives, all starts
+    failures: list[str] = []
+    with servers.kafka_broker() as (bootstrap, kafka_pid):
         if kafka_pid is None:
             raise SystemExit("the Kafka broker must run on this machine (its CPU is part of the cost)")
-        gateways, warm = warm_gateways(stack, bootstrap, kafka_pid, kafka_settings=kafka_settings,
-                                       shadow=not args.champion_only, rate=args.rate, warmup=args.broker_warmup)
-        quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait) if args.quiet_wait else None
-        rounds: list[dict[str, Any]] = []
-        for k in range(args.rounds):
-            entry = {side: cpu_per_request(gateways[side], kafka_pid, args.rate, args.cpu_duration, args.warmup)
-                     for side in rotated(SIDES, k)}
-            rounds.append(entry)
-            for side in SIDES:
-                cpu = entry[side]
-                print(f"cpu round {k + 1} logging {side:3}: {cpu['us_per_request']} us/request at "
-                      f"{cpu['achieved_rate']:.0f}/s (p99 {cpu['p99_ms']} ms, other {cpu['other_cores']}, "
-                      f"steal {cpu['steal_cores']})", flush=True)
-        slices: list[dict[str, Any]] = []
-        before = counts(gateways["on"].url)
-        for k in range(args.slices):
-            entry = {side: closed_loop(gateways[side], kafka_pid, args.connections, args.closed_duration,
-                                       args.closed_warmup, logged=side == "on") for side in rotated(SIDES, k)}
-            slices.append(entry)
-            print(f"closed slice {k + 1}: off {entry['off']['achieved_rate']:,.0f} req/s, on "
-                  f"{entry['on']['achieved_rate']:,.0f} req/s ({entry['on']['achieved_rate'] / entry['off']['achieved_rate']:.1%}); "
-                  f"shipped {entry['on']['shipped']}; steal off {entry['off']['cpu']['steal']}, "
-                  f"on {entry['on']['cpu']['steal']}; loop waiting for a core off {entry['off']['cpu']['loop_waiting']}, "
-                  f"on {entry['on']['cpu']['loop_waiting']}", flush=True)
-        time.sleep(AFTER_SLICES)
-        after = counts(gateways["on"].url)
-        answered = max(after["answers"] - before["answers"], 1.0)
-        # Every event logged during the slices (warm-ups included), delivered to Kafka by now?
-        delivery = {outcome: round((after.get(outcome, 0.0) - before.get(outcome, 0.0)) / answered, 4)
-                    for outcome in ("delivered", "spooled", "dropped")}
-        delivery["unshipped"] = after.get("unshipped", 0.0) - before.get("unshipped", 0.0)
-        print(f"{AFTER_SLICES:.0f} s after the last slice: {delivery} of the {answered:,.0f} model answers", flush=True)
-        failures = delivery_failures(gateways["on"].log_text())
+        for start in range(args.starts):
+            with ExitStack() as stack:  # both gateways stopped at the end of their start
+                gateways, warmed = warm_gateways(stack, bootstrap, kafka_pid, kafka_settings=kafka_settings,
+                                                 shadow=not args.champion_only, rate=args.rate,
+                                                 warmup=args.broker_warmup if start == 0 else 0)
+                if start == 0:
+                    warm = warmed
+                    quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait) if args.quiet_wait else None
+                    rounds = _cpu_rounds(gateways, kafka_pid, args)
+                for side in SIDES:  # a fresh process's first load, not measured
+                    closed_loop(gateways[side], kafka_pid, args.connections, args.closed_duration, args.closed_warmup)
+                for k in range(len(slices), len(slices) + per_start):
+                    entry = {side: closed_loop(gateways[side], kafka_pid, args.connections, args.closed_duration,
+                                               args.closed_warmup, logged=side == "on") for side in rotated(SIDES, k)}
+                    slices.append({**entry, "start": start})
+                    print(f"closed slice {k + 1} (start {start + 1}): off {entry['off']['achieved_rate']:,.0f} req/s, on "
+                          f"{entry['on']['achieved_rate']:,.0f} req/s ({entry['on']['achieved_rate'] / entry['off']['achieved_rate']:.1%}); "
+                          f"shipped {entry['on']['shipped']}; steal off {entry['off']['cpu']['steal']}, "
+                          f"on {entry['on']['cpu']['steal']}; loop waiting for a core off {entry['off']['cpu']['loop_waiting']}, "
+                          f"on {entry['on']['cpu']['loop_waiting']}", flush=True)
+                # Then every event the fresh "on" gateway logged (its warm-ups' too) must be in Kafka:
+                # its counters started at zero, so the check is exact
+                time.sleep(AFTER_SLICES)
+                for key, value in counts(gateways["on"].url).items():
+                    tally[key] = tally.get(key, 0.0) + value
+                failures += delivery_failures(gateways["on"].log_text())
+        answered = max(tally["answers"], 1.0)
+        delivery = {outcome: round(tally.get(outcome, 0.0) / answered, 4) for outcome in ("delivered", "spooled", "dropped")}
+        delivery["unshipped"] = tally.get("unshipped", 0.0)
+        print(f"{AFTER_SLICES:.0f} s after each start's last slice: {delivery} of the {answered:,.0f} model answers "
+              f"the 'on' gateways gave", flush=True)
         for line in failures:
             print(f"  {line}", flush=True)
     return {"settings": vars(args), "machine": host.describe_machine(), "broker_warmup": warm, "quiet": quiet,
             "rounds": rounds, "slices": slices, "delivery_after_slices": delivery, "delivery_failures": failures,
             "summary": summarise(rounds, slices, delivery)}
+
+
+def _cpu_rounds(gateways: dict[str, servers.Server], kafka_pid: int, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The open-loop CPU measures, `args.rounds` per side, alternated (on the first start's gateways)."""
+    rounds = []
+    for k in range(args.rounds):
+        entry = {side: cpu_per_request(gateways[side], kafka_pid, args.rate, args.cpu_duration, args.warmup)
+                 for side in rotated(SIDES, k)}
+        rounds.append(entry)
+        for side in SIDES:
+            cpu = entry[side]
+            print(f"cpu round {k + 1} logging {side:3}: {cpu['us_per_request']} us/request at "
+                  f"{cpu['achieved_rate']:.0f}/s (p99 {cpu['p99_ms']} ms, other {cpu['other_cores']}, "
+                  f"steal {cpu['steal_cores']})", flush=True)
+    return rounds
 
 
 def delivery_failures(log: str) -> list[str]:
@@ -351,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-duration", type=float, default=20.0)
     parser.add_argument("--slices", type=int, default=40, help="closed-loop slices per side, alternated: "
                         "enough that the pairs left after the steal filter pin the ratio to a few percent")
+    parser.add_argument("--starts", type=int, default=8,
+                        help="times both gateways are started afresh, the slices shared out among them: "
+                        "the interval is over the starts, so a start's lasting speed cannot pass for logging's cost")
     parser.add_argument("--closed-duration", type=float, default=4.0,
                         help="seconds per slice: short, so that many alternations average this VM's drifts")
     parser.add_argument("--closed-warmup", type=float, default=1.0)
@@ -373,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(data["rounds"], data["slices"], data.get("delivery_after_slices"))
         print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
         return 0
+    if args.starts < 1 or args.slices % args.starts:
+        parser.error(f"--slices ({args.slices}) must be a multiple of --starts ({args.starts}), which is at least 1")
     data = run(args)
     s = data["summary"]
     print(f"\nCPU per request (gateway tree + Kafka broker + load generator), median [min-max] over "
@@ -395,12 +450,16 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['off']['loop_waiting_cores']['median']}, on {s['on']['loop_waiting_cores']['median']}")
     if not s["run_counts"]:
         print("  THE RUN DOES NOT COUNT: the shipper fell behind, or Kafka did not have every event "
-              f"{AFTER_SLICES:.0f} s after the last slice (or some went to the spool)")
+              f"{AFTER_SLICES:.0f} s after each start's last slice (or some went to the spool)")
     if s["closed_ratio"] is not None:
         interval = s.get("closed_ratio_ci95")
-        spread = f"95% interval over resampled pairs {interval[0]:.1%}-{interval[1]:.1%}; " if interval else ""
+        over = {"starts": f"the {len(s['closed_ratio_by_start'])} gateway starts",
+                "pairs": "resampled pairs (one gateway start a side)"}[s.get("closed_ratio_interval_over", "pairs")]
+        spread = f"95% interval over {over} {interval[0]:.1%}-{interval[1]:.1%}; " if interval else ""
         print(f"  => on/off over the pairs that count: {s['closed_ratio']:.1%} "
               f"({spread}median of adjacent pairs {s['closed_pair_ratio_median']:.1%})")
+        if len(s["closed_ratio_by_start"]) > 1:
+            print(f"  by start: {', '.join(f'{r:.1%}' for r in s['closed_ratio_by_start'])}")
     if args.out:
         report.write_json(args.out, data)
     return 0

@@ -428,6 +428,27 @@ def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> N
     assert summarise(_ROUNDS, pairs([0.9, 0.9]))["closed_ratio_ci95"] is None  # too few to say
 
 
+def test_logging_cost_takes_its_interval_over_gateway_starts_whose_speeds_differ() -> None:
+    """Pairs inside a start can agree closely while the starts disagree (each process start
+    draws a speed of its own): the interval must show the starts' spread, not the pairs'."""
+    from loadtests.logging_cost import summarise
+
+    def run(start_ratios: list[float]) -> dict:
+        slices = [{"off": _side(1000.0), "on": _side(1000.0 * (r + d)), "start": k}
+                  for k, r in enumerate(start_ratios) for d in (-0.002, 0.0, 0.002)]
+        return summarise(_ROUNDS, slices)
+
+    agreeing, disagreeing = run([0.91, 0.91, 0.91, 0.91]), run([0.95, 0.86, 0.93, 0.84])
+    assert agreeing["closed_ratio_by_start"] == [0.91] * 4
+    assert disagreeing["closed_ratio_by_start"] == [0.95, 0.86, 0.93, 0.84]
+    assert agreeing["closed_ratio_interval_over"] == disagreeing["closed_ratio_interval_over"] == "starts"
+    assert agreeing["closed_ratio_ci95"] == [0.91, 0.91]
+    low, high = disagreeing["closed_ratio_ci95"]
+    assert low < 0.85 and high > 0.95  # the pairs alone would pin it within a point of 0.895
+    one_start = summarise(_ROUNDS, [{"off": _side(1000.0), "on": _side(1000.0 * r)} for r in (0.9, 0.91, 0.92)])
+    assert one_start["closed_ratio_interval_over"] == "pairs"  # runs from before --starts: resampled pairs
+
+
 def test_a_logging_cost_run_whose_events_were_not_all_in_kafka_afterwards_does_not_count() -> None:
     from loadtests.logging_cost import summarise
 

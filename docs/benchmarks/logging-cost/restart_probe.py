@@ -1,0 +1,61 @@
+"""A probe (twentieth session, docs/benchmarks/logging-cost.md): does a gateway process keep a
+speed of its own for its lifetime? Two runs of `make bench-logging` at the same gateway code read
+90.8% and 85.7%, each with a 95% interval about a point wide: the runs differ by more than the
+pairs inside each run do. If each process start draws a lasting speed (memory layout, hash seed,
+where its threads first land), a run's two gateways, started once, carry that draw through all
+40 pairs and the pair bootstrap cannot see it.
+
+An A/A test of that: two identical gateways (the demo, logging off, no Kafka), A and B, started
+together, warmed, then closed-loop slices alternated between them as `make bench-logging`
+alternates off and on (32 connections, 4 s slices, `loadtests.logging_cost.closed_loop`); then
+both are stopped and two new ones started, `starts` times. Per start: A over B pooled, with the
+same pair-bootstrap interval as the harness. If the starts' ratios spread beyond their intervals,
+a single start per side is a draw the harness's interval does not cover. Run from the project
+root after `make models` (no broker needed):
+
+    .venv/bin/python docs/benchmarks/logging-cost/restart_probe.py [starts] [pairs] [out.json]
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from contextlib import ExitStack
+
+from loadtests import report
+from loadtests.logging_cost import closed_loop, demo_gateway, pooled_ratio, pooled_ratio_interval, rotated
+
+SIDES = ("A", "B")
+
+
+def one_start(pairs: int) -> dict:
+    """A fresh A and B, warmed by one slice each, then `pairs` alternated slices a side."""
+    with ExitStack() as stack:
+        gateways = {side: stack.enter_context(demo_gateway(None, stack.enter_context(tempfile.TemporaryDirectory()), {}))
+                    for side in SIDES}
+        for side in SIDES:
+            closed_loop(gateways[side], None, 32, 4.0, 1.0)
+        slices = []
+        for k in range(pairs):
+            entry = {side: closed_loop(gateways[side], None, 32, 4.0, 1.0) for side in rotated(SIDES, k)}
+            slices.append({"off": entry["B"], "on": entry["A"]})  # pooled_ratio's names: A over B
+    ratio, interval = pooled_ratio(slices), pooled_ratio_interval(slices)
+    rates = {side: [round(s[name]["achieved_rate"]) for s in slices] for side, name in (("A", "on"), ("B", "off"))}
+    return {"a_over_b": round(ratio, 4), "ci95": interval, "req_s": rates}
+
+
+def main() -> None:
+    starts = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+    pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    found = []
+    for n in range(starts):
+        result = one_start(pairs)
+        found.append(result)
+        mean = {side: round(sum(v) / len(v)) for side, v in result["req_s"].items()}
+        print(f"start {n + 1}: A/B {result['a_over_b']:.1%} (interval {result['ci95']}), "
+              f"mean req/s A {mean['A']:,}, B {mean['B']:,}", flush=True)
+    if len(sys.argv) > 3:
+        report.write_json(sys.argv[3], {"starts": starts, "pairs": pairs, "results": found})
+
+
+if __name__ == "__main__":
+    main()
