@@ -444,7 +444,7 @@ def test_logging_cost_takes_its_interval_over_gateway_starts_whose_speeds_differ
     assert agreeing["closed_ratio_interval_over"] == disagreeing["closed_ratio_interval_over"] == "starts"
     assert agreeing["closed_ratio_ci95"] == [0.91, 0.91]
     low, high = disagreeing["closed_ratio_ci95"]
-    assert low < 0.85 and high > 0.95  # the pairs alone would pin it within a point of 0.895
+    assert low < 0.85 and high > 0.95  # resampling the pairs alone gives 0.869-0.921
     one_start = summarise(_ROUNDS, [{"off": _side(1000.0), "on": _side(1000.0 * r)} for r in (0.9, 0.91, 0.92)])
     assert one_start["closed_ratio_interval_over"] == "pairs"  # runs from before --starts: resampled pairs
 
