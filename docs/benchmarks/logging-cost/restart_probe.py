@@ -18,11 +18,10 @@ root after `make models` (no broker needed):
 from __future__ import annotations
 
 import sys
-import tempfile
 from contextlib import ExitStack
 
 from loadtests import report
-from loadtests.logging_cost import closed_loop, demo_gateway, pooled_ratio, pooled_ratio_interval, rotated
+from loadtests.logging_cost import closed_loop, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
 
 SIDES = ("A", "B")
 
@@ -30,8 +29,7 @@ SIDES = ("A", "B")
 def one_start(pairs: int) -> dict:
     """A fresh A and B, warmed by one slice each, then `pairs` alternated slices a side."""
     with ExitStack() as stack:
-        gateways = {side: stack.enter_context(demo_gateway(None, stack.enter_context(tempfile.TemporaryDirectory()), {}))
-                    for side in SIDES}
+        gateways, _ = warm_gateways(stack, "", None, trees={side: None for side in SIDES}, warmup=0)  # both off
         for side in SIDES:
             closed_loop(gateways[side], None, 32, 4.0, 1.0)
         slices = []
