@@ -168,6 +168,14 @@ def closed_loop(server: servers.Server, kafka_pid: int | None, connections: int,
             "us_per_request": us, "shipped": shipped}
 
 
+def first_load(gateways: dict[str, servers.Server], kafka_pid: int | None, connections: int, duration: float,
+               warmup: float) -> None:
+    """One closed-loop slice on each fresh gateway, not measured: a new process's first load
+    (connections, caches, the workers' first batches) is not what its later slices see."""
+    for server in gateways.values():
+        closed_loop(server, kafka_pid, connections, duration, warmup)
+
+
 JIT_THREADS = "CompilerThre"  # the JVM's "C1/C2 CompilerThread<n>", cut to 15 characters by the kernel
 
 
@@ -336,8 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     warm = warmed
                     quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait) if args.quiet_wait else None
                     rounds = _cpu_rounds(gateways, kafka_pid, args)
-                for side in SIDES:  # a fresh process's first load, not measured
-                    closed_loop(gateways[side], kafka_pid, args.connections, args.closed_duration, args.closed_warmup)
+                first_load(gateways, kafka_pid, args.connections, args.closed_duration, args.closed_warmup)
                 for k in range(len(slices), len(slices) + per_start):
                     entry = {side: closed_loop(gateways[side], kafka_pid, args.connections, args.closed_duration,
                                                args.closed_warmup, logged=side == "on") for side in rotated(SIDES, k)}

@@ -21,7 +21,7 @@ import sys
 from contextlib import ExitStack
 
 from loadtests import report
-from loadtests.logging_cost import closed_loop, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
+from loadtests.logging_cost import closed_loop, first_load, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
 
 SIDES = ("A", "B")
 
@@ -30,14 +30,12 @@ def one_start(pairs: int) -> dict:
     """A fresh A and B, warmed by one slice each, then `pairs` alternated slices a side."""
     with ExitStack() as stack:
         gateways, _ = warm_gateways(stack, "", None, trees={side: None for side in SIDES}, warmup=0)  # both off
-        for side in SIDES:
-            closed_loop(gateways[side], None, 32, 4.0, 1.0)
-        slices = []
-        for k in range(pairs):
-            entry = {side: closed_loop(gateways[side], None, 32, 4.0, 1.0) for side in rotated(SIDES, k)}
-            slices.append({"off": entry["B"], "on": entry["A"]})  # pooled_ratio's names: A over B
-    ratio, interval = pooled_ratio(slices), pooled_ratio_interval(slices)
-    rates = {side: [round(s[name]["achieved_rate"]) for s in slices] for side, name in (("A", "on"), ("B", "off"))}
+        first_load(gateways, None, 32, 4.0, 1.0)
+        entries = [{side: closed_loop(gateways[side], None, 32, 4.0, 1.0) for side in rotated(SIDES, k)}
+                   for k in range(pairs)]
+    as_pairs = [{"off": e["B"], "on": e["A"]} for e in entries]  # pooled_ratio's names: A over B
+    ratio, interval = pooled_ratio(as_pairs), pooled_ratio_interval(as_pairs)
+    rates = {side: [round(e[side]["achieved_rate"]) for e in entries] for side in SIDES}
     return {"a_over_b": round(ratio, 4), "ci95": interval, "req_s": rates}
 
 
