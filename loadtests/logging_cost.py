@@ -310,6 +310,17 @@ def starts_interval(ratios: list[float]) -> list[float] | None:
     return [round(float(low), 3), round(float(high), 3)]
 
 
+def pooled_over_runs(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What several runs say together: the starts of the runs that count, pooled, and the t
+    interval over them (`starts_interval`). A run from before --starts adds its one start."""
+    counting = [s for s in summaries if s["run_counts"] and s["closed_ratio_by_start"]]
+    ratios = [r for s in counting for r in s["closed_ratio_by_start"]]
+    return {"runs_counted": f"{len(counting)} of {len(summaries)}", "starts": len(ratios),
+            "closed_ratio_mean_of_starts": round(float(np.mean(ratios)), 3) if ratios else None,
+            "closed_ratio_ci95": starts_interval(ratios),
+            "below_0.9_p": float(stats.ttest_1samp(ratios, 0.9, alternative="less").pvalue) if len(ratios) > 1 else None}
+
+
 def kept_up_with(shipped: dict[str, float]) -> bool:
     """Whether the shipper kept up with a slice's logging: it queued nearly every event for Kafka
     (SLICE_KEEP_UP: within the granularity of its bursts) and spooled none (a stalled delivery
@@ -425,13 +436,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--champion-only", action="store_true",
                         help="both sides without the demo's shadow challenger: one event per request, not two")
     parser.add_argument("--out", help="also write every figure here (JSON)")
-    parser.add_argument("--summarise", metavar="JSON", help="measure nothing: apply this version's verdict to a "
-                        "run's figures written by --out (e.g. docs/benchmarks/logging-cost/*.json)")
+    parser.add_argument("--summarise", metavar="JSON", nargs="+",
+                        help="measure nothing: apply this version's verdict to runs' figures written by --out "
+                        "(e.g. docs/benchmarks/logging-cost/run-*.json); with several, also pool their starts")
     args = parser.parse_args(argv)
     if args.summarise:
-        data = orjson.loads(Path(args.summarise).read_bytes())
-        summary = summarise(data["rounds"], data["slices"], data.get("delivery_after_slices"))
-        print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+        summaries = []
+        for path in args.summarise:
+            data = orjson.loads(Path(path).read_bytes())
+            summaries.append(summarise(data["rounds"], data["slices"], data.get("delivery_after_slices")))
+            print(path, orjson.dumps(summaries[-1], option=orjson.OPT_INDENT_2).decode())
+        if len(summaries) > 1:
+            print("pooled:", orjson.dumps(pooled_over_runs(summaries), option=orjson.OPT_INDENT_2).decode())
         return 0
     if args.starts < 1 or args.slices % args.starts:
         parser.error(f"--slices ({args.slices}) must be a multiple of --starts ({args.starts}), which is at least 1")

@@ -449,6 +449,22 @@ def test_logging_cost_takes_its_interval_over_gateway_starts_whose_speeds_differ
     assert one_start["closed_ratio_interval_over"] == "pairs"  # runs from before --starts: resampled pairs
 
 
+def test_runs_pooled_give_an_interval_over_all_their_starts_and_leave_out_runs_that_do_not_count() -> None:
+    from loadtests.logging_cost import pooled_over_runs, summarise
+
+    def run(start_ratios: list[float], delivered: float = 1.0) -> dict:
+        slices = [{"off": _side(1000.0), "on": _side(1000.0 * r), "start": k} for k, r in enumerate(start_ratios)
+                  for _ in range(3)]
+        return summarise(_ROUNDS, slices, {"delivered": delivered, "spooled": 0.0, "dropped": 0.0})
+
+    pooled = pooled_over_runs([run([0.86, 0.88]), run([0.84, 0.86]), run([0.99, 0.99], delivered=0.5)])
+    assert pooled["runs_counted"] == "2 of 3" and pooled["starts"] == 4
+    assert pooled["closed_ratio_mean_of_starts"] == 0.86
+    low, high = pooled["closed_ratio_ci95"]
+    assert 0.83 < low < 0.86 < high < 0.89  # t over the four starts: 0.834-0.886
+    assert pooled["below_0.9_p"] < 0.01
+
+
 def test_a_logging_cost_run_whose_events_were_not_all_in_kafka_afterwards_does_not_count() -> None:
     from loadtests.logging_cost import summarise
 

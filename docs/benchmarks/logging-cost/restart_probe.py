@@ -14,11 +14,23 @@ a single start per side is a draw the harness's interval does not cover. Run fro
 root after `make models` (no broker needed):
 
     .venv/bin/python docs/benchmarks/logging-cost/restart_probe.py [starts] [pairs] [out.json]
+
+Twenty-first session: the same with every process's hash seed and address layout fixed
+(`PYTHONHASHSEED=0 setarch x86_64 -R` before the command; both are inherited by the gateways,
+their workers and shippers). Whether the starts differ by more than their pairs allow, for
+probe files already written (Cochran's Q over the starts' log ratios, each weighted by its
+interval; tau is the spread between starts beyond the pairs' own):
+
+    .venv/bin/python docs/benchmarks/logging-cost/restart_probe.py summarise <probe.json>...
 """
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import ExitStack
+
+import orjson
+from scipy.stats import chi2
 
 from loadtests import report
 from loadtests.logging_cost import closed_loop, first_load, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
@@ -39,7 +51,27 @@ def one_start(pairs: int) -> dict:
     return {"a_over_b": round(ratio, 4), "ci95": interval, "req_s": rates}
 
 
+def between_starts(results: list[dict]) -> dict:
+    """Cochran's Q test of "every start reads the same ratio": each start's log ratio weighted by
+    the inverse square of its standard error (from its 95% interval), and tau, the DerSimonian-Laird
+    estimate of the spread between starts that the pairs inside a start do not account for."""
+    logs = [math.log(r["a_over_b"]) for r in results]
+    weights = [(3.92 / (math.log(r["ci95"][1]) - math.log(r["ci95"][0]))) ** 2 for r in results]
+    total = sum(weights)
+    mean = sum(w * y for w, y in zip(weights, logs)) / total
+    q = sum(w * (y - mean) ** 2 for w, y in zip(weights, logs))
+    df = len(results) - 1
+    tau2 = max(0.0, (q - df) / (total - sum(w * w for w in weights) / total))
+    return {"q": round(q, 1), "p": float(chi2.sf(q, df)), "tau": round(math.sqrt(tau2), 4),
+            "within_start_se": round(sum(w ** -0.5 for w in weights) / len(weights), 4)}
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["summarise"]:
+        for path in sys.argv[2:]:
+            with open(path, "rb") as f:
+                print(path, between_starts(orjson.loads(f.read())["results"]))
+        return
     starts = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     found = []
