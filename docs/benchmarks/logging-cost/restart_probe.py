@@ -18,8 +18,8 @@ root after `make models` (no broker needed):
 Twenty-first session: the same with every process's hash seed and address layout fixed
 (`PYTHONHASHSEED=0 setarch x86_64 -R` before the command; both are inherited by the gateways,
 their workers and shippers). Whether the starts differ by more than their pairs allow, for
-probe files already written (Cochran's Q over the starts' log ratios, each weighted by its
-interval; tau is the spread between starts beyond the pairs' own):
+probe files already written (a one-way ANOVA of the pairs' log ratios, grouped by start; tau is
+the spread between starts beyond the pairs' own):
 
     .venv/bin/python docs/benchmarks/logging-cost/restart_probe.py summarise <probe.json>...
 """
@@ -29,8 +29,9 @@ import math
 import sys
 from contextlib import ExitStack
 
+import numpy as np
 import orjson
-from scipy.stats import chi2
+from scipy.stats import f_oneway
 
 from loadtests import report
 from loadtests.logging_cost import closed_loop, first_load, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
@@ -52,18 +53,18 @@ def one_start(pairs: int) -> dict:
 
 
 def between_starts(results: list[dict]) -> dict:
-    """Cochran's Q test of "every start reads the same ratio": each start's log ratio weighted by
-    the inverse square of its standard error (from its 95% interval), and tau, the DerSimonian-Laird
-    estimate of the spread between starts that the pairs inside a start do not account for."""
-    logs = [math.log(r["a_over_b"]) for r in results]
-    weights = [(3.92 / (math.log(r["ci95"][1]) - math.log(r["ci95"][0]))) ** 2 for r in results]
-    total = sum(weights)
-    mean = sum(w * y for w, y in zip(weights, logs)) / total
-    q = sum(w * (y - mean) ** 2 for w, y in zip(weights, logs))
-    df = len(results) - 1
-    tau2 = max(0.0, (q - df) / (total - sum(w * w for w in weights) / total))
-    return {"q": round(q, 1), "p": float(chi2.sf(q, df)), "tau": round(math.sqrt(tau2), 4),
-            "within_start_se": round(sum(w ** -0.5 for w in weights) / len(weights), 4)}
+    """One-way ANOVA of the pairs' log ratios (A over B), grouped by start: do the starts differ by
+    more than the pairs inside a start let them? `tau` is the spread of the starts' own ratios
+    beyond that noise (variance components, 0 when none shows), `within_start_se` the noise of one
+    start's mean: a draw much smaller than it cannot show."""
+    groups = [np.log(np.array(r["req_s"]["A"]) / np.array(r["req_s"]["B"])) for r in results]
+    pairs = len(groups[0])
+    within = float(np.mean([g.var(ddof=1) for g in groups]))
+    between = pairs * float(np.var([g.mean() for g in groups], ddof=1))
+    test = f_oneway(*groups)
+    return {"f": round(float(test.statistic), 2), "p": float(test.pvalue),
+            "tau": round(math.sqrt(max(0.0, (between - within) / pairs)), 4),
+            "within_start_se": round(math.sqrt(within / pairs), 4)}
 
 
 def main() -> None:
