@@ -56,7 +56,8 @@ def between_starts(results: list[dict]) -> dict:
     """One-way ANOVA of the pairs' log ratios (A over B), grouped by start: do the starts differ by
     more than the pairs inside a start let them? `tau` is the spread of the starts' own ratios
     beyond that noise (variance components, 0 when none shows), `within_start_se` the noise of one
-    start's mean: a draw much smaller than it cannot show."""
+    start's mean: a draw much smaller than it cannot show. Every start has the same number of
+    pairs (`one_start`), which the variance components assume."""
     groups = [np.log(np.array(r["req_s"]["A"]) / np.array(r["req_s"]["B"])) for r in results]
     pairs = len(groups[0])
     within = float(np.mean([g.var(ddof=1) for g in groups]))
