@@ -22,7 +22,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-deploy/kafka/kafka.sh start "$KAFKA_PORT"
+KAFKA_OWNER_PID=$$ deploy/kafka/kafka.sh start "$KAFKA_PORT"
 .venv/bin/gateway drift --config "$CONFIG" > .run/drift.log 2>&1 &
 drift_pid=$!
 cat <<MSG

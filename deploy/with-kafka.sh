@@ -19,7 +19,7 @@ PY
 DIR="$(mktemp -d "${TMPDIR:-/tmp}/gateway-kafka.XXXXXX")"
 cleanup() { "$ROOT/deploy/kafka/kafka.sh" stop "$DIR" || true; rm -rf "$DIR"; }
 trap cleanup EXIT
-"$ROOT/deploy/kafka/kafka.sh" start "$PORT" "$DIR"
+KAFKA_OWNER_PID=$$ "$ROOT/deploy/kafka/kafka.sh" start "$PORT" "$DIR"  # stopped even if this shell is killed
 export KAFKA_BOOTSTRAP="127.0.0.1:$PORT"
 set +e
 "$@"

@@ -192,7 +192,8 @@ def kafka_broker() -> Iterator[tuple[str, int | None]]:
         except OSError:
             port = free_port()
     directory = tempfile.mkdtemp(prefix="bench-kafka-")
-    subprocess.run([str(KAFKA_SH), "start", str(port), directory], check=True, timeout=180)
+    subprocess.run([str(KAFKA_SH), "start", str(port), directory], check=True, timeout=180,
+                   env=dict(os.environ, KAFKA_OWNER_PID=str(os.getpid())))  # stopped even if we are SIGKILLed
     try:
         yield f"127.0.0.1:{port}", int(Path(directory, "broker.pid").read_text())
     finally:

@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 
+def start_broker(port: int, run_dir: Path) -> None:
+    """deploy/kafka/kafka.sh start, owned by this process: a test run killed even with SIGKILL
+    leaves no broker behind (the script's watcher stops it)."""
+    subprocess.run([str(KAFKA_SH), "start", str(port), str(run_dir)], check=True,
+                   env=dict(os.environ, KAFKA_OWNER_PID=str(os.getpid())))
+
+
 def free_port(pairs: int = 1) -> int:
     """A free TCP port on 127.0.0.1 (and the next `pairs - 1` ports free too)."""
     for _ in range(50):
@@ -44,7 +51,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
         return
     port = free_port(pairs=2)
     run_dir = tmp_path_factory.mktemp("kafka")
-    subprocess.run([str(KAFKA_SH), "start", str(port), str(run_dir)], check=True)
+    start_broker(port, run_dir)
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -193,7 +200,7 @@ class PrivateBroker:
         self.bootstrap = f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        subprocess.run([str(KAFKA_SH), "start", str(self.port), str(self.dir)], check=True)
+        start_broker(self.port, self.dir)
 
     def stop(self) -> None:
         subprocess.run([str(KAFKA_SH), "stop", str(self.dir)], check=True)

@@ -10,6 +10,8 @@
 # A DIR that already holds a broker for PORT is resumed with its data (stop, then start again
 # is a broker restart); any other DIR is wiped and formatted afresh.
 # The controller listens on PORT+1. Only processes this script started are ever stopped.
+# With KAFKA_OWNER_PID set, `start` also leaves a watcher that stops the broker once that process
+# has ended, however it ended: a test run or benchmark killed with SIGKILL leaves no broker behind.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -92,7 +94,12 @@ launch() {
       tail -20 "$dir/logs/stdout.log" >&2; exit 1
     fi
     if is_up "$port" && grep -q "Kafka Server started" "$dir/logs/stdout.log" 2>/dev/null; then
-      echo "kafka.sh: broker up on 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), dir $dir)" >&2; return 0
+      echo "kafka.sh: broker up on 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), dir $dir)" >&2
+      if [ -n "${KAFKA_OWNER_PID:-}" ]; then
+        # its own session, so that a kill of the owner's process group does not take it first
+        setsid "$HERE/kafka.sh" watch "$KAFKA_OWNER_PID" "$(cat "$dir/broker.pid")" "$dir" < /dev/null > /dev/null 2>&1 &
+      fi
+      return 0
     fi
     sleep 0.5
   done
@@ -100,17 +107,38 @@ launch() {
   exit 1
 }
 
-stop() {
-  local dir="${1:-${KAFKA_DIR:-$CACHE/run-${KAFKA_PORT:-9092}}}"
-  [ -f "$dir/broker.pid" ] || { echo "kafka.sh: no broker pid file in $dir" >&2; return 0; }
-  local pid; pid="$(cat "$dir/broker.pid")"
-  if kill -0 "$pid" 2>/dev/null; then
+# Whether pid is still a broker this script launched (not a process that took its pid since).
+is_broker() { grep -qa "kafka.Kafka" "/proc/$1/cmdline" 2>/dev/null; }
+
+stop_pid() {
+  local pid="$1"
+  if is_broker "$pid"; then
     kill -TERM "$pid"
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     echo "kafka.sh: broker (pid $pid) stopped" >&2
   fi
+}
+
+stop() {
+  local dir="${1:-${KAFKA_DIR:-$CACHE/run-${KAFKA_PORT:-9092}}}"
+  [ -f "$dir/broker.pid" ] || { echo "kafka.sh: no broker pid file in $dir" >&2; return 0; }
+  stop_pid "$(cat "$dir/broker.pid")"
   rm -f "$dir/broker.pid"
+}
+
+# Whether pid runs: a zombie (ended, its parent not yet told) has ended.
+running() { local state; state="$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null)"; [ -n "$state" ] && [ "$state" != Z ]; }
+
+# Polls once a second; ends by itself when the broker does (a plain `stop`).
+watch() {
+  local owner="$1" pid="$2" dir="$3"
+  while running "$owner" && is_broker "$pid"; do sleep 1; done
+  if is_broker "$pid"; then
+    echo "kafka.sh: owner (pid $owner) ended; stopping its broker" >&2
+    stop_pid "$pid"
+    rm -f "$dir/broker.pid"
+  fi
 }
 
 status() {
@@ -128,5 +156,6 @@ case "$cmd" in
   start) start "$@" ;;
   stop) stop "$@" ;;
   status) status "$@" ;;
+  watch) watch "$@" ;;
   *) echo "usage: $0 fetch|start [PORT] [DIR]|stop [DIR]|status [DIR]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,60 @@
+"""deploy/kafka/kafka.sh, the script every test, benchmark and `make run` starts its broker with:
+a run that is killed outright must not leave a broker behind, and `stop` must end only a broker
+the script launched."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.conftest import KAFKA_SH, free_port
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
+
+
+def _within(seconds: float, done) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_broker_whose_owner_is_sigkilled_stops_by_itself(tmp_path):
+    owner = subprocess.Popen(["sleep", "600"])
+    run_dir = tmp_path / "kafka"
+    subprocess.run([str(KAFKA_SH), "start", str(free_port(pairs=2)), str(run_dir)], check=True,
+                   env=dict(os.environ, KAFKA_OWNER_PID=str(owner.pid)))
+    broker = int((run_dir / "broker.pid").read_text())
+    try:
+        time.sleep(2)
+        assert _alive(broker), "the broker must keep running while its owner does"
+        owner.send_signal(signal.SIGKILL)  # not reaped yet: the watcher must see a zombie as ended
+        assert _within(60, lambda: not _alive(broker)), "the broker outlived the process that owned it"
+        assert _within(5, lambda: not (run_dir / "broker.pid").exists()), "the stopped broker's pid file stayed"
+    finally:
+        subprocess.run([str(KAFKA_SH), "stop", str(run_dir)], check=False)
+        owner.kill()
+        owner.wait()
+
+
+def test_stop_leaves_alone_a_process_that_is_not_a_broker(tmp_path):
+    """A pid file left by a broker that died, its pid since taken by another process."""
+    stranger = subprocess.Popen(["sleep", "600"])
+    try:
+        (tmp_path / "broker.pid").write_text(f"{stranger.pid}\n")
+        subprocess.run([str(KAFKA_SH), "stop", str(tmp_path)], check=True)
+        assert stranger.poll() is None, "kafka.sh stop killed a process it did not launch"
+        assert not (tmp_path / "broker.pid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
