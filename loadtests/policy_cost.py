@@ -15,7 +15,7 @@ import numpy as np
 from gateway.codecs.v2 import InferRequest
 from gateway.config import ROUTE
 from gateway.events.handover import frame, serialised, wires_from_batches
-from gateway.events.records import new_id
+from gateway.events.records import event_fields, new_id
 from gateway.experiments.tracker import ExperimentTracker
 from gateway.feedback.hub import FeedbackHub
 from gateway.feedback.store import PredictionStore
@@ -34,12 +34,11 @@ ROUTES = {
 
 def shadowed_events(request_id: str, action: dict) -> list[tuple[str, dict]]:
     """(version, fields) of a shadowed request's two events on the demo wine route, the fields
-    (records.FIELDS) as gateway.service._log writes them."""
-    return [(version, {"ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "gateway_instance": "bench",
-                       "model_name": "wine", "model_version": version, "role": role, "route": "shadow",
-                       "arm": version, "reason": "shadow", "served": role == "champion", "status": "ok",
-                       "error": None, "action": action, "latency_ms": int(1.2345 * 1000) / 1000,
-                       "sample_rate": 1.0})
+    as gateway.service._log writes them (records.event_fields)."""
+    return [(version, event_fields(
+        ts_ms=time.time_ns() // 1_000_000, request_id=request_id, gateway_instance="bench", model_name="wine",
+        model_version=version, role=role, route="shadow", arm=version, reason="shadow", served=role == "champion",
+        status="ok", error=None, action=action, latency_ms=int(1.2345 * 1000) / 1000, sample_rate=1.0))
             for version, role in (("1", "champion"), ("2", "challenger"))]
 
 

@@ -23,7 +23,7 @@ from gateway.codecs.v2 import InferRequest
 from gateway.events.handover import frame, serialised, wires_from_batches
 from gateway.codecs.datatypes import NUMPY_TO_V2
 from gateway.codecs.json_tensors import tensors_json
-from gateway.events.records import FIELDS, by_kind, scoring_event
+from gateway.events.records import FIELDS, by_kind, event_fields, scoring_event
 from gateway.parallel.pool import Prediction, prediction_from
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, scoring_log, split_frames
@@ -124,6 +124,17 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
                            "ce_time": record["timestamp"].encode(), "content-type": b"application/json",
                            "model": b"wine", "model_version": f["model_version"].encode(), "schema_version": b"1"}
         assert _without_id(wire) == _without_id(scoring_event(f, a))
+
+
+def test_event_fields_come_in_the_order_the_shipper_reads_fast_and_refuse_a_missing_or_unknown_name():
+    fields, _ = _event(1, False)
+    shuffled = dict(reversed(list(fields.items())))
+    assert list(event_fields(**shuffled)) == list(FIELDS)
+    del shuffled["arm"]
+    with pytest.raises(TypeError, match=r"missing \['arm'\]"):
+        event_fields(**shuffled)
+    with pytest.raises(TypeError, match=r"unknown \['armm'\]"):
+        event_fields(**fields, armm="2")
 
 
 def test_the_shipper_reads_key_and_headers_whatever_the_request_id_or_the_fields_order():

@@ -63,6 +63,18 @@ def _iso_utc(ts_ms: int) -> bytes:
 # ones the shipper reads for the key and headers come first, up to `role` (`wire_of`).
 FIELDS = ("ts_ms", "request_id", "gateway_instance", "model_name", "model_version", "role", "route", "arm", "reason",
           "served", "status", "error", "action", "latency_ms", "sample_rate")
+_FIELD_SET = frozenset(FIELDS)
+
+
+def event_fields(**values: Any) -> dict[str, Any]:
+    """An event's `FIELDS` in their order, from code off the request path (benchmarks, tools),
+    so that it takes the shipper's fast path as the loop's events do; the loop writes them as a
+    dict literal (gateway.service), whose order a test pins. Raises TypeError for a missing or
+    unknown name."""
+    if values.keys() != _FIELD_SET:
+        missing, unknown = sorted(_FIELD_SET - values.keys()), sorted(values.keys() - _FIELD_SET)
+        raise TypeError(f"event fields: missing {missing}, unknown {unknown}")
+    return {name: values[name] for name in FIELDS}
 
 
 def by_kind(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
