@@ -41,6 +41,7 @@ def test_a_broker_whose_owner_is_sigkilled_stops_by_itself(tmp_path):
         owner.send_signal(signal.SIGKILL)  # not reaped yet: the watcher must see a zombie as ended
         assert _within(60, lambda: not _alive(broker)), "the broker outlived the process that owned it"
         assert _within(5, lambda: not (run_dir / "broker.pid").exists()), "the stopped broker's pid file stayed"
+        assert f"owner (pid {owner.pid}) ended" in (run_dir / "logs" / "watch.log").read_text()
     finally:
         subprocess.run([str(KAFKA_SH), "stop", str(run_dir)], check=False)
         owner.kill()

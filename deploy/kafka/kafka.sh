@@ -97,7 +97,7 @@ launch() {
       echo "kafka.sh: broker up on 127.0.0.1:$port (pid $(cat "$dir/broker.pid"), dir $dir)" >&2
       if [ -n "${KAFKA_OWNER_PID:-}" ]; then
         # its own session, so that a kill of the owner's process group does not take it first
-        setsid "$HERE/kafka.sh" watch "$KAFKA_OWNER_PID" "$(cat "$dir/broker.pid")" "$dir" < /dev/null > /dev/null 2>&1 &
+        setsid "$HERE/kafka.sh" watch "$KAFKA_OWNER_PID" "$(cat "$dir/broker.pid")" "$dir" < /dev/null >> "$dir/logs/watch.log" 2>&1 &
       fi
       return 0
     fi
@@ -113,7 +113,7 @@ is_broker() { grep -qa "kafka.Kafka" "/proc/$1/cmdline" 2>/dev/null; }
 stop_pid() {
   local pid="$1"
   if is_broker "$pid"; then
-    kill -TERM "$pid"
+    kill -TERM "$pid" 2>/dev/null || return 0  # ended between the check and the signal
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     echo "kafka.sh: broker (pid $pid) stopped" >&2

@@ -22,6 +22,8 @@ probe files already written (a one-way ANOVA of the pairs' log ratios, grouped b
 the spread between starts beyond the pairs' own):
 
     .venv/bin/python docs/benchmarks/logging-cost/restart_probe.py summarise <probe.json>...
+
+With several files it also gives Fisher's combined p over them (twenty-second session).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from contextlib import ExitStack
 
 import numpy as np
 import orjson
-from scipy.stats import f_oneway
+from scipy.stats import combine_pvalues, f_oneway
 
 from loadtests import report
 from loadtests.logging_cost import closed_loop, first_load, pooled_ratio, pooled_ratio_interval, rotated, warm_gateways
@@ -70,9 +72,13 @@ def between_starts(results: list[dict]) -> dict:
 
 def main() -> None:
     if sys.argv[1:2] == ["summarise"]:
+        tests = []
         for path in sys.argv[2:]:
             with open(path, "rb") as f:
-                print(path, between_starts(orjson.loads(f.read())["results"]))
+                tests.append(between_starts(orjson.loads(f.read())["results"]))
+            print(path, tests[-1])
+        if len(tests) > 1:  # the runs as one question: do starts differ, in any of them?
+            print("Fisher's combined p over these runs:", combine_pvalues([t["p"] for t in tests], method="fisher").pvalue)
         return
     starts = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     pairs = int(sys.argv[2]) if len(sys.argv) > 2 else 10
