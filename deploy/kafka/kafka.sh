@@ -11,7 +11,8 @@
 # is a broker restart); any other DIR is wiped and formatted afresh.
 # The controller listens on PORT+1. Only processes this script started are ever stopped.
 # With KAFKA_OWNER_PID set, `start` also leaves a watcher that stops the broker once that process
-# has ended, however it ended: a test run or benchmark killed with SIGKILL leaves no broker behind.
+# has ended, however it ended: a test run or benchmark killed with SIGKILL leaves no broker behind
+# (`kafka.sh watch OWNER BROKER_PID DIR` is that watcher; its log is DIR/logs/watch.log).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
