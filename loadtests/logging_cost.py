@@ -319,7 +319,7 @@ def pooled_over_runs(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"runs_counted": f"{len(counting)} of {len(summaries)}", "starts": len(ratios),
             "closed_ratio_mean_of_starts": round(float(np.mean(ratios)), 3) if ratios else None,
             "closed_ratio_ci95": starts_interval(ratios),
-            "below_0.9_p": float(stats.ttest_1samp(ratios, ISSUE_LINE, alternative="less").pvalue) if len(ratios) > 1 else None}
+            f"below_{ISSUE_LINE}_p": float(stats.ttest_1samp(ratios, ISSUE_LINE, alternative="less").pvalue) if len(ratios) > 1 else None}
 
 
 def kept_up_with(shipped: dict[str, float]) -> bool:
