@@ -15,13 +15,12 @@ per round, order rotated, 8 s each at RATE (fixed open loop):
   - nohand+mix: `nohand` beside the same bystander fed the `standard` scenario's mix of rows
     (10% batches of 2-20), as the gateway's events are (bystander.produce_mixed).
 SIDES, comma-separated, runs some of them (all by default). The patched sides run from git
-worktrees (servers.gateway(source=...)). Its load generator and bystanders run in spawned
-processes, which import their code by module name, so it runs from loadtests/:
+worktrees (servers.gateway(source=...)).
+Run it in place, from the project root (earlier sessions copied it into loadtests/ first):
 
-    cp docs/benchmarks/logging-cost/handover_tail_probe.py loadtests/_handover_tail_probe.py
     for p in nohand sink; do git worktree add --detach /tmp/wt/$p HEAD
       git -C /tmp/wt/$p apply $PWD/docs/benchmarks/logging-cost/$p.patch; done
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._handover_tail_probe 2000 6 /tmp/wt <out.json> [SIDES]
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/handover_tail_probe.py 2000 6 /tmp/wt <out.json> [SIDES]
 """
 from __future__ import annotations
 

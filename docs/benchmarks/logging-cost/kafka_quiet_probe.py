@@ -2,13 +2,11 @@
 ("off", what `make bench-logging` compares against), with Kafka configured and the route's
 `log_sample_rate` at RATE ("quiet"; at 0, the default, nothing is sampled: the feedback reader
 and the control producer run, the shipper gets no events), and logging every answer ("on").
-Three sides per round (4 s closed-loop slices, 32 connections), order rotated. Its load
-generator runs in spawned processes, which import their code by module name, so it runs from
-loadtests/:
+Three sides per round (4 s closed-loop slices, 32 connections), order rotated.
+Run it in place, from the project root (earlier sessions copied it into loadtests/ first):
 
-    cp docs/benchmarks/logging-cost/kafka_quiet_probe.py loadtests/_kafka_quiet_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._kafka_quiet_probe 18            # ROUNDS [RATE [OUT]]
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._kafka_quiet_probe 18 0.5 <out.json>
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/kafka_quiet_probe.py 18            # ROUNDS [RATE [OUT]]
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/kafka_quiet_probe.py 18 0.5 <out.json>
 """
 from __future__ import annotations
 

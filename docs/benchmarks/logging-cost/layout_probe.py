@@ -5,12 +5,10 @@ closed-loop slices, 32 connections), order rotated:
     load generator and the broker left free;
   - `away`: the load generator (and this harness, whose affinity it inherits) and the broker on
     CPU 1, standing in for clients and a broker on other machines; the gateway left free.
-Its load generator runs in spawned processes, which import their code by module name, so it runs
-from loadtests/:
+Run it in place, from the project root (earlier sessions copied it into loadtests/ first):
 
-    cp docs/benchmarks/logging-cost/layout_probe.py loadtests/_layout_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._layout_probe pinned 16 <out.json>
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._layout_probe away 16 <out.json>
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py pinned 16 <out.json>
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py away 16 <out.json>
 """
 from __future__ import annotations
 

@@ -4,12 +4,11 @@ the default) shrink what logging adds to the tail? Four sides per round, rotated
 RATE: off, on, off with short slices, on with short slices (the same two gateways; the slices
 are set before a side and reset after). If logging's tail were requests waiting behind the
 shipper's and broker's bursts for a core, a short slice would let the gateway's threads preempt
-them on waking, and the tail would shrink. Its load generator runs in spawned processes, which
-import their code by module name, so it runs from loadtests/ (as root, or with CAP_SYS_NICE, to
-set other processes' slices):
+them on waking, and the tail would shrink.
+Run it in place, from the project root, as root or with CAP_SYS_NICE to set other processes'
+slices (earlier sessions copied it into loadtests/ first):
 
-    cp docs/benchmarks/logging-cost/slice_probe.py loadtests/_slice_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._slice_probe 2000 6 100 <out.json>  # RATE ROUNDS SLICE_US OUT
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/slice_probe.py 2000 6 100 <out.json>  # RATE ROUNDS SLICE_US OUT
 """
 from __future__ import annotations
 

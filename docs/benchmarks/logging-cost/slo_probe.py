@@ -8,13 +8,10 @@ Kafka) and on (every answer), alternated per round after the broker's warm-up:
 - `fixed RATES`: 8 s of open loop at each of the comma-separated rates, both sides, with the
   latency from the intended send time, the response time (from the actual send) and the load
   generator's dispatch lag.
+Run it in place, from the project root (earlier sessions copied it into loadtests/ first):
 
-Its load generator runs in spawned processes, which import their code by module name, so it
-runs from loadtests/:
-
-    cp docs/benchmarks/logging-cost/slo_probe.py loadtests/_slo_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._slo_probe search 6 <out.json>
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._slo_probe fixed 6 <out.json> 1200,2000
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/slo_probe.py search 6 <out.json>
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/slo_probe.py fixed 6 <out.json> 1200,2000
 """
 from __future__ import annotations
 

@@ -3,12 +3,10 @@ at a fixed open-loop rate the CPU it puts beside the gateway? Four sides per rou
 rotated, 8 s each at RATE: logging off; logging on; logging off with the `cpu` bystander of
 loadtests.bystander burning SHARE of a core in bursts every READ_PAUSE; logging off with its
 `kafka` bystander (a real shipper fed RATE shadowed requests' events a second, producing to the
-same broker: the logging work beside the gateway, none in it). Its load generator and
-bystanders run in spawned processes, which import their code by module name, so it runs from
-loadtests/:
+same broker: the logging work beside the gateway, none in it).
+Run it in place, from the project root (earlier sessions copied it into loadtests/ first):
 
-    cp docs/benchmarks/logging-cost/tail_bystander_probe.py loadtests/_tail_bystander_probe.py
-    deploy/with-kafka.sh .venv/bin/python -m loadtests._tail_bystander_probe 2000 6 0.12 <out.json>   # RATE ROUNDS SHARE OUT
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/tail_bystander_probe.py 2000 6 0.12 <out.json>   # RATE ROUNDS SHARE OUT
 """
 from __future__ import annotations
 
