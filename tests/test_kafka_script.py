@@ -7,17 +7,9 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
+from loadtests.host import alive
 from tests.conftest import KAFKA_SH, free_port
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"  # a zombie has ended
 
 
 def _within(seconds: float, done) -> bool:
@@ -37,9 +29,9 @@ def test_a_broker_whose_owner_is_sigkilled_stops_by_itself(tmp_path):
     broker = int((run_dir / "broker.pid").read_text())
     try:
         time.sleep(2)
-        assert _alive(broker), "the broker must keep running while its owner does"
+        assert alive(broker), "the broker must keep running while its owner does"
         owner.send_signal(signal.SIGKILL)  # not reaped yet: the watcher must see a zombie as ended
-        assert _within(60, lambda: not _alive(broker)), "the broker outlived the process that owned it"
+        assert _within(60, lambda: not alive(broker)), "the broker outlived the process that owned it"
         assert _within(5, lambda: not (run_dir / "broker.pid").exists()), "the stopped broker's pid file stayed"
         assert f"owner (pid {owner.pid}) ended" in (run_dir / "logs" / "watch.log").read_text()
     finally:
