@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 
-def start_broker(port: int, run_dir: Path) -> None:
-    """deploy/kafka/kafka.sh start, owned by this process: a test run killed even with SIGKILL
-    leaves no broker behind (the script's watcher stops it)."""
+def start_broker(port: int, run_dir: Path, owner: int | None = None) -> None:
+    """deploy/kafka/kafka.sh start, owned by `owner` (this process by default): a test run killed
+    even with SIGKILL leaves no broker behind (the script's watcher stops it)."""
     subprocess.run([str(KAFKA_SH), "start", str(port), str(run_dir)], check=True,
-                   env=dict(os.environ, KAFKA_OWNER_PID=str(os.getpid())))
+                   env=dict(os.environ, KAFKA_OWNER_PID=str(owner or os.getpid())))
 
 
 def free_port(pairs: int = 1) -> int:

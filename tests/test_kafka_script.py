@@ -3,13 +3,12 @@ a run that is killed outright must not leave a broker behind, and `stop` must en
 the script launched."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time
 
 from loadtests.host import alive
-from tests.conftest import KAFKA_SH, free_port
+from tests.conftest import KAFKA_SH, free_port, start_broker
 
 
 def _within(seconds: float, done) -> bool:
@@ -24,8 +23,7 @@ def _within(seconds: float, done) -> bool:
 def test_a_broker_whose_owner_is_sigkilled_stops_by_itself(tmp_path):
     owner = subprocess.Popen(["sleep", "600"])
     run_dir = tmp_path / "kafka"
-    subprocess.run([str(KAFKA_SH), "start", str(free_port(pairs=2)), str(run_dir)], check=True,
-                   env=dict(os.environ, KAFKA_OWNER_PID=str(owner.pid)))
+    start_broker(free_port(pairs=2), run_dir, owner=owner.pid)
     broker = int((run_dir / "broker.pid").read_text())
     try:
         time.sleep(2)

@@ -38,11 +38,17 @@ java_run() {
 
 is_up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Whether pid is still a broker this script launched (not a process that took its pid since).
+is_broker() { grep -qa "kafka.Kafka" "/proc/$1/cmdline" 2>/dev/null; }
+
+# Whether DIR's pid file names a running broker.
+dir_has_broker() { [ -f "$1/broker.pid" ] && is_broker "$(cat "$1/broker.pid")"; }
+
 start() {
   local port="${1:-${KAFKA_PORT:-9092}}"
   local dir="${2:-${KAFKA_DIR:-$CACHE/run-$port}}"
   fetch
-  if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+  if dir_has_broker "$dir"; then
     echo "kafka.sh: broker already running (pid $(cat "$dir/broker.pid")) on 127.0.0.1:$port" >&2; return 0
   fi
   if is_up "$port"; then echo "kafka.sh: port $port is taken by another process; choose another port" >&2; exit 1; fi
@@ -108,24 +114,21 @@ launch() {
   exit 1
 }
 
-# Whether pid is still a broker this script launched (not a process that took its pid since).
-is_broker() { grep -qa "kafka.Kafka" "/proc/$1/cmdline" 2>/dev/null; }
-
+# Stops broker PID (if it still is one), then removes DIR's pid file.
 stop_pid() {
-  local pid="$1"
-  if is_broker "$pid"; then
-    kill -TERM "$pid" 2>/dev/null || return 0  # ended between the check and the signal
+  local pid="$1" dir="$2"
+  if is_broker "$pid" && kill -TERM "$pid" 2>/dev/null; then  # it may end between check and signal
     for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     echo "kafka.sh: broker (pid $pid) stopped" >&2
   fi
+  rm -f "$dir/broker.pid"
 }
 
 stop() {
   local dir="${1:-${KAFKA_DIR:-$CACHE/run-${KAFKA_PORT:-9092}}}"
   [ -f "$dir/broker.pid" ] || { echo "kafka.sh: no broker pid file in $dir" >&2; return 0; }
-  stop_pid "$(cat "$dir/broker.pid")"
-  rm -f "$dir/broker.pid"
+  stop_pid "$(cat "$dir/broker.pid")" "$dir"
 }
 
 # Whether pid runs: a zombie (ended, its parent not yet told) has ended.
@@ -137,14 +140,13 @@ watch() {
   while running "$owner" && is_broker "$pid"; do sleep 1; done
   if is_broker "$pid"; then
     echo "kafka.sh: owner (pid $owner) ended; stopping its broker" >&2
-    stop_pid "$pid"
-    rm -f "$dir/broker.pid"
+    stop_pid "$pid" "$dir"
   fi
 }
 
 status() {
   local dir="${1:-${KAFKA_DIR:-$CACHE/run-${KAFKA_PORT:-9092}}}"
-  if [ -f "$dir/broker.pid" ] && kill -0 "$(cat "$dir/broker.pid")" 2>/dev/null; then
+  if dir_has_broker "$dir"; then
     echo "running (pid $(cat "$dir/broker.pid"))"
   else
     echo "stopped"; return 1
