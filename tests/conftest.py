@@ -6,6 +6,7 @@ its own, one this session starts on a free port with deploy/kafka/kafka.sh and s
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -25,22 +26,33 @@ def start_broker(port: int, run_dir: Path, owner: int | None = None) -> None:
                    env=dict(os.environ, KAFKA_OWNER_PID=str(owner or os.getpid())))
 
 
-def free_port(pairs: int = 1) -> int:
-    """A free TCP port on 127.0.0.1 (and the next `pairs - 1` ports free too)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        ok = True
-        for extra in range(1, pairs):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port + extra))
-                except OSError:
-                    ok = False
-        if ok and port + pairs < 65535:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def broker_port() -> int:
+    """A port for a test broker, the next one free too (its controller's), both below the kernel's
+    range of automatic ports. A test may stop its broker and start it again on the same ports;
+    while it is down, any client socket may be given a port from that range, and the broker's
+    restart then failed with "Address already in use" (seen once, on the controller's port)."""
+    first_automatic = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(10_000, first_automatic - 1)
+        if _bindable(port) and _bindable(port + 1):
             return port
-    raise RuntimeError("no free port pair found")
+    raise RuntimeError(f"no two free ports found in 10000-{first_automatic - 1}")
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +61,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     if existing:
         yield existing
         return
-    port = free_port(pairs=2)
+    port = broker_port()
     run_dir = tmp_path_factory.mktemp("kafka")
     start_broker(port, run_dir)
     try:
@@ -195,7 +207,7 @@ class PrivateBroker:
     """A broker of one test's own, to stop and start again without disturbing other tests."""
 
     def __init__(self, run_dir: Path):
-        self.port = free_port(pairs=2)
+        self.port = broker_port()
         self.dir = run_dir
         self.bootstrap = f"127.0.0.1:{self.port}"
 

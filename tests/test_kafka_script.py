@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from loadtests.host import alive
-from tests.conftest import KAFKA_SH, free_port, start_broker
+from tests.conftest import KAFKA_SH, broker_port, start_broker
 
 
 def _within(seconds: float, done) -> bool:
@@ -23,7 +23,7 @@ def _within(seconds: float, done) -> bool:
 def test_a_broker_whose_owner_is_sigkilled_stops_by_itself(tmp_path):
     owner = subprocess.Popen(["sleep", "600"])
     run_dir = tmp_path / "kafka"
-    start_broker(free_port(pairs=2), run_dir, owner=owner.pid)
+    start_broker(broker_port(), run_dir, owner=owner.pid)
     broker = int((run_dir / "broker.pid").read_text())
     try:
         time.sleep(2)
