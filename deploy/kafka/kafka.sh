@@ -20,14 +20,18 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 CACHE="${KAFKA_CACHE:-$ROOT/.cache/kafka}"
 LIBS="$CACHE/libs"
 
+# The jars are resolved again only when pom.xml's content changes: the stamp holds its hash, not
+# a time, so a fresh clone or git worktree pointed at a shared KAFKA_CACHE does not fetch again.
 fetch() {
-  if [ -f "$LIBS/.complete" ] && [ "$LIBS/.complete" -nt "$HERE/pom.xml" ]; then return 0; fi
+  local pom_hash
+  pom_hash="$(sha256sum "$HERE/pom.xml" | cut -d' ' -f1)"
+  if [ "$(cat "$LIBS/.complete" 2>/dev/null)" = "$pom_hash" ]; then return 0; fi
   command -v mvn >/dev/null || { echo "kafka.sh: Maven (mvn) is needed to fetch Kafka; install it (apt-get install maven)" >&2; exit 1; }
   command -v java >/dev/null || { echo "kafka.sh: Java 17+ is needed to run Kafka; install it (apt-get install openjdk-17-jre-headless)" >&2; exit 1; }
   echo "kafka.sh: resolving Kafka jars with Maven into $LIBS" >&2
   rm -rf "$LIBS"; mkdir -p "$LIBS"
   mvn -q -B -f "$HERE/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$LIBS" >&2
-  touch "$LIBS/.complete"
+  echo "$pom_hash" > "$LIBS/.complete"
 }
 
 java_run() {
