@@ -5,10 +5,14 @@ closed-loop slices, 32 connections), order rotated:
     load generator and the broker left free;
   - `away`: the load generator (and this harness, whose affinity it inherits) and the broker on
     CPU 1, standing in for clients and a broker on other machines; the gateway left free.
+  - `alone` (twenty-third session): the request loop alone on CPU 0; its workers and shipper,
+    the load generator (with this harness) and the broker all on CPU 1: `pinned` and `away`
+    together, so that nothing but the loop runs on its core.
 Run it in place, from the project root (earlier sessions copied it into loadtests/ first):
 
     deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py pinned 16 <out.json>
     deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py away 16 <out.json>
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py alone 12 <out.json>
 """
 from __future__ import annotations
 
@@ -41,8 +45,8 @@ def place(layout: str, gateway_pid: int, kafka_pid: int) -> None:
     if layout == "pinned":
         _pin(gateway_pid, {True: {0}, False: ALL - {0}})
         return
-    _pin(gateway_pid, {True: ALL, False: ALL})
-    clients = ALL if layout == "free" else {1}
+    _pin(gateway_pid, {True: {0}, False: ALL - {0}} if layout == "alone" else {True: ALL, False: ALL})
+    clients = ALL if layout == "free" else ALL - {0}
     os.sched_setaffinity(0, clients)  # the harness, and the generator processes it spawns
     _pin(kafka_pid, {True: clients, False: clients})
 
