@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from gateway.parallel.cpus import allowed_cpus
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; str() is the full, user-facing explanation."""
@@ -29,6 +31,27 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger bodies get 413")
     max_rows: int = Field(10_000, ge=1, description="rows in one request; more get 400")
     instance_id: str | None = Field(None, description="names this process in events; default host-pid")
+    loop_cpus: list[int] | None = Field(None, description="CPUs the request loop has to itself; workers and the "
+                                                          "event shipper run on the other CPUs (gateway.parallel.cpus)")
+
+    @field_validator("loop_cpus")
+    @classmethod
+    def _cpus_left_for_the_rest(cls, cpus: list[int] | None) -> list[int] | None:
+        if cpus is None:
+            return None
+        if not hasattr(os, "sched_setaffinity"):
+            raise ValueError("needs Linux (sched_setaffinity); remove the key on this system")
+        if not cpus:
+            raise ValueError("give at least one CPU, or remove the key to let the scheduler place the loop")
+        allowed = allowed_cpus()
+        outside = sorted(set(cpus) - allowed)
+        if outside:
+            raise ValueError(f"CPU {', '.join(map(str, outside))} is not one this process may run on "
+                             f"(it may use {', '.join(map(str, sorted(allowed)))}); pick from those")
+        if not allowed - set(cpus):
+            raise ValueError(f"leaves no CPU for the model workers and the event shipper (this process may use "
+                             f"{', '.join(map(str, sorted(allowed)))}); leave at least one out")
+        return sorted(set(cpus))
 
     def instance(self) -> str:
         return self.instance_id or f"{socket.gethostname()}-{os.getpid()}"

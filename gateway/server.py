@@ -28,6 +28,7 @@ from gateway.feedback.bus import FeedbackReader, KafkaControl
 from gateway.feedback.hub import FeedbackHub
 from gateway.feedback.store import PredictionStore
 from gateway.models.repository import ModelRepository, ModelRepositoryError
+from gateway.parallel.cpus import CpuLayout
 from gateway.parallel.pool import WorkerPool
 from gateway.rest.admin import add_admin_routes
 from gateway.rest.app import create_app
@@ -38,9 +39,9 @@ from gateway.service import DeployedModel, ScoringService
 log = logging.getLogger("gateway")
 
 
-def _threads_per_worker(config: GatewayConfig) -> int:
+def _threads_per_worker(config: GatewayConfig, cpus: CpuLayout) -> int:
     workers = sum(v.workers for m in config.models.values() for v in m.versions.values())
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, cpus.cores_for_others() // workers)
 
 
 def instance_dir(config: GatewayConfig) -> str:
@@ -48,9 +49,9 @@ def instance_dir(config: GatewayConfig) -> str:
     return config.server.instance_id or "default"
 
 
-def _deploy(config: GatewayConfig, tracker: ExperimentTracker) -> dict[str, DeployedModel]:
+def _deploy(config: GatewayConfig, tracker: ExperimentTracker, cpus: CpuLayout) -> dict[str, DeployedModel]:
     repository = ModelRepository(config.model_repository)
-    threads = _threads_per_worker(config)
+    threads = _threads_per_worker(config, cpus)
     deployed = {}
     for name, model_config in config.models.items():
         versions, pools = {}, {}
@@ -60,7 +61,8 @@ def _deploy(config: GatewayConfig, tracker: ExperimentTracker) -> dict[str, Depl
             except ModelRepositoryError as exc:
                 raise ConfigError(f"models.{name}.versions.{version}: {exc}") from None
             versions[version] = mv
-            pools[version] = WorkerPool(mv, version_config.workers, threads, version_config.max_batch_rows)
+            pools[version] = WorkerPool(mv, version_config.workers, threads, version_config.max_batch_rows,
+                                        cpus=cpus.others)
         model = DeployedModel(name, versions, pools, build_policy(model_config.route, tracker.bandit_state),
                               model_config.timeout_ms / 1000, model_config.log_sample_rate)
         try:
@@ -135,8 +137,10 @@ def _reload_on_sighup(controller: RouteController) -> None:
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, config_path: str | Path | None = None) -> None:
     stop = stop or asyncio.Event()
+    cpus = CpuLayout.of(config.server.loop_cpus)
+    cpus.pin_loop()  # before anything below starts a thread; the workers and shipper pin themselves
     tracker = ExperimentTracker()
-    models = _deploy(config, tracker)
+    models = _deploy(config, tracker, cpus)
     instance = config.server.instance()
     hub = FeedbackHub(PredictionStore(config.feedback.max_pending, config.feedback.ttl_seconds), tracker, instance,
                       topic=config.kafka.topics.feedback)
@@ -158,6 +162,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, config
                 "compression": None if kafka.compression == "none" else kafka.compression,
                 "stall_timeout": kafka.stall_timeout_ms / 1000,
                 "create_topics": [list(kafka.topics.model_dump().values()), kafka.partitions, kafka.replication_factor],
+                "cpus": cpus.others,
             })
             await events.start()
             stack.push_async_callback(events.stop)
@@ -183,6 +188,9 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, config
         port = runner.addresses[0][1] if runner.addresses else config.server.port
         log.info("gateway %s listening on http://%s:%d (models: %s)", instance, config.server.host, port,
                  ", ".join(f"{m.name}[{', '.join(m.versions)}]" for m in models.values()))
+        if cpus.loop is not None:
+            log.info("request loop on CPU %s; workers and event shipper on CPU %s",
+                     ",".join(map(str, cpus.loop)), ",".join(map(str, cpus.others)))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -50,6 +50,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
+from gateway.parallel.cpus import pin_process
 from loadtests import host, report, servers
 from loadtests.run import RunSettings, execute
 
@@ -66,12 +67,24 @@ SIDES = ("off", "on")  # logging off (no Kafka at all), logging every answer
 
 def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
                  source: Path = servers.ROOT, shadow: bool = True,
-                 log_sample_rate: float | None = None) -> servers.Server:
+                 log_sample_rate: float | None = None, loop_cpus: list[int] | None = None) -> servers.Server:
     """The demo gateway, logging on or off, its spool in `spool_dir`: with its shadow challenger
     (two events per request) unless `shadow` is false (champion only, one event per request);
-    `log_sample_rate`, if given, in place of the demo's own."""
+    `log_sample_rate`, if given, in place of the demo's own; `loop_cpus`, its `server.loop_cpus`."""
     return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=shadow, log_sample_rate=log_sample_rate,
-                           kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source)
+                           kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source,
+                           loop_cpus=loop_cpus)
+
+
+def keep_off_the_loop(loop_cpus: list[int], kafka_pid: int) -> list[int]:
+    """This harness (and the load generators it starts from now on) and the broker on the CPUs
+    not in `loop_cpus`: they stand in for clients and a broker on other machines, which take no
+    time from the gateway's request loop; they still share the CPUs of its workers and shipper.
+    The gateways the harness starts are not held to it (servers.HARNESS_CPUS). Returns those CPUs."""
+    others = sorted(servers.HARNESS_CPUS - set(loop_cpus))
+    pin_process(others)
+    pin_process(others, kafka_pid)
+    return others
 
 
 def part_of(pid: int, root: int) -> str:
@@ -196,8 +209,8 @@ def warm_broker(server: servers.Server, kafka_pid: int, rate: float, max_seconds
 
 def warm_gateways(stack: ExitStack, bootstrap: str, kafka_pid: int | None,
                   trees: dict[str, Path | None] | None = None, kafka_settings: dict[str, Any] | None = None,
-                  shadow: bool = True, rate: float = 1200.0,
-                  warmup: float = 40.0) -> tuple[dict[str, servers.Server], dict[str, Any] | None]:
+                  shadow: bool = True, rate: float = 1200.0, warmup: float = 40.0,
+                  loop_cpus: list[int] | None = None) -> tuple[dict[str, servers.Server], dict[str, Any] | None]:
     """The demo gateways a comparison runs, one per name in `trees` (None: the project's own,
     logging off, no Kafka; a path: that source tree's, logging to `bootstrap`; by default "off"
     and "on" of the project's own), each with a spool of its own and ended by `stack`; then the
@@ -207,7 +220,7 @@ def warm_gateways(stack: ExitStack, bootstrap: str, kafka_pid: int | None,
     gateways = {name: stack.enter_context(demo_gateway(
         None if tree is None else bootstrap,
         stack.enter_context(tempfile.TemporaryDirectory(prefix=f"logcost-spool-{name}-")), kafka_settings or {},
-        source=tree or servers.ROOT, shadow=shadow)) for name, tree in trees.items()}
+        source=tree or servers.ROOT, shadow=shadow, loop_cpus=loop_cpus)) for name, tree in trees.items()}
     warm = warm_broker(gateways["on"], kafka_pid, rate, warmup) if warmup else None
     print(f"broker warm-up: {warm}", flush=True)
     return gateways, warm
@@ -347,11 +360,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with servers.kafka_broker() as (bootstrap, kafka_pid):
         if kafka_pid is None:
             raise SystemExit("the Kafka broker must run on this machine (its CPU is part of the cost)")
+        if args.loop_cpus is not None:
+            print(f"request loops on CPU {args.loop_cpus}; this harness, its load generators and the broker on CPU "
+                  f"{keep_off_the_loop(args.loop_cpus, kafka_pid)}", flush=True)
         for start in range(args.starts):
             with ExitStack() as stack:  # both gateways stopped at the end of their start
                 gateways, warmed = warm_gateways(stack, bootstrap, kafka_pid, kafka_settings=kafka_settings,
                                                  shadow=not args.champion_only, rate=args.rate,
-                                                 warmup=args.broker_warmup if start == 0 else 0)
+                                                 warmup=args.broker_warmup if start == 0 else 0, loop_cpus=args.loop_cpus)
                 if start == 0:
                     warm = warmed
                     quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait) if args.quiet_wait else None
@@ -436,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a `kafka:` setting of the config (e.g. linger_ms=100), both sides")
     parser.add_argument("--champion-only", action="store_true",
                         help="both sides without the demo's shadow challenger: one event per request, not two")
+    parser.add_argument("--loop-cpus", type=lambda text: [int(c) for c in text.split(",")], metavar="CPU[,CPU...]",
+                        help="both gateways with server.loop_cpus set to these CPUs, and this harness, its load "
+                        "generators and the broker kept off them (keep_off_the_loop); default: every process free")
     parser.add_argument("--out", help="also write every figure here (JSON)")
     parser.add_argument("--summarise", metavar="JSON", nargs="+",
                         help="measure nothing: apply this version's verdict to runs' figures written by --out "

@@ -47,13 +47,16 @@ def answers(port: int, path: str) -> bool:
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+HARNESS_CPUS = os.sched_getaffinity(0)  # where the harness could run when it started
 
 
-def _die_with_parent() -> None:
+def _prepare_child() -> None:
     """In the child, before it runs the server: SIGTERM when the harness's thread that started it
-    ends, however it ends (killed, hung up), so a server never outlives the benchmark. Servers
-    are started from the main thread."""
+    ends, however it ends (killed, hung up), so a server never outlives the benchmark (servers
+    are started from the main thread); and every CPU the harness started with, not the ones it
+    keeps itself to since (`loadtests.logging_cost --loop-cpus`): a server places itself."""
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    os.sched_setaffinity(0, HARNESS_CPUS)
 
 
 class Server:
@@ -85,7 +88,7 @@ class Server:
         # otherwise import the editable install's tree, whichever checkout the harness runs from.
         env = dict(os.environ, PYTHONPATH=str(self.source))
         self.process = subprocess.Popen(self.argv, cwd=self.source, env=env, stdin=subprocess.DEVNULL, stdout=self.log,
-                                        stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                        stderr=subprocess.STDOUT, preexec_fn=_prepare_child)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -135,12 +138,16 @@ def ceiling() -> Server:
 
 
 def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
-                   kafka_settings: dict[str, Any] | None = None, log_sample_rate: float | None = None) -> dict[str, Any]:
+                   kafka_settings: dict[str, Any] | None = None, log_sample_rate: float | None = None,
+                   loop_cpus: list[int] | None = None) -> dict[str, Any]:
     """config/demo.yaml adapted for a benchmark run (see the module docstring); `kafka_settings`
-    override keys of its `kafka:` section, `log_sample_rate` (if given) every model's own."""
+    override keys of its `kafka:` section, `log_sample_rate` (if given) every model's own,
+    `loop_cpus` (if given) sets `server.loop_cpus`."""
     config = yaml.safe_load(DEMO_CONFIG.read_text())
     config.setdefault("server", {})["port"] = port
     config["server"]["host"] = "127.0.0.1"
+    if loop_cpus is not None:
+        config["server"]["loop_cpus"] = loop_cpus
     config["model_repository"] = str(MODELS)
     kafka = config.setdefault("kafka", {})
     kafka["enabled"] = kafka_bootstrap is not None
@@ -156,12 +163,13 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
 
 
 def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False, kafka_settings: dict[str, Any] | None = None,
-            log_sample_rate: float | None = None, source: Path = ROOT, wrapper: tuple[str, ...] = ()) -> Server:
-    """The demo gateway; `source` is the source tree it runs (a git worktree, to compare builds);
-    `wrapper`, a command it runs under (valgrind, to count the loop's instructions)."""
+            log_sample_rate: float | None = None, loop_cpus: list[int] | None = None, source: Path = ROOT,
+            wrapper: tuple[str, ...] = ()) -> Server:
+    """The demo gateway (`gateway_config`); `source` is the source tree it runs (a git worktree,
+    to compare builds); `wrapper`, a command it runs under (valgrind, to count the loop's instructions)."""
     port = free_port()
     config = gateway_config(port, kafka_bootstrap=kafka_bootstrap, shadow=shadow, kafka_settings=kafka_settings,
-                            log_sample_rate=log_sample_rate)
+                            log_sample_rate=log_sample_rate, loop_cpus=loop_cpus)
     handle = tempfile.NamedTemporaryFile("w", prefix="gateway-bench-", suffix=".yaml", delete=False)
     with handle:
         yaml.safe_dump(config, handle, sort_keys=False)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from gateway.parallel.cpus import pin_process
+
 from .base import Scorer
 from .protocol import decode_arrays, encode, scoring_log, split_frames
 
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     # The gateway decides when workers stop; Ctrl-C in a terminal goes to the gateway only.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = orjson.loads(args.spec)
+    if spec.get("cpus"):  # before the model's runtime starts its threads
+        pin_process(spec["cpus"])
     sock = socket.socket(fileno=args.fd)
     try:
         scorer = load_scorer(spec)

@@ -27,6 +27,7 @@ import orjson
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
+from gateway.parallel.cpus import pin_process
 from scorers.protocol import HEADER, encode
 
 from .handover import PARTS_PER_EVENT, frame, serialised, wires_from_batches
@@ -262,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     # detection took a healthy broker for a slow one and spooled (docs/benchmarks/logging-cost.md).
     if hasattr(os, "sched_setscheduler"):  # Linux
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    settings = orjson.loads(args.settings)
+    if settings.get("cpus"):  # off the request loop's CPUs (server.loop_cpus)
+        pin_process(settings["cpus"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[shipper]: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     import uvloop
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
 
-    uvloop.run(_ship(socket.socket(fileno=args.fd), orjson.loads(args.settings)))
+    uvloop.run(_ship(socket.socket(fileno=args.fd), settings))
     return 0
 
 

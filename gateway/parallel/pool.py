@@ -145,6 +145,7 @@ class WorkerPool:
         intra_op_threads: int = 1,
         max_batch_rows: int = 4096,
         start_timeout: float = 60.0,
+        cpus: tuple[int, ...] | None = None,
     ):
         self.model = model
         self.start_timeout = start_timeout
@@ -156,6 +157,7 @@ class WorkerPool:
             "intra_op_threads": intra_op_threads,
             "inter_op_threads": 1,
             "max_batch_rows": max_batch_rows,
+            "cpus": cpus,  # the worker pins itself there before it loads the model (gateway.parallel.cpus)
         }).decode()
         self._workers = [_Worker(self, i) for i in range(max(1, workers))]
         self._seq = itertools.count()

@@ -1,0 +1,54 @@
+"""Which CPUs the gateway's processes run on (`server.loop_cpus`).
+
+The request loop is the process that saturates first. Whatever else the scheduler puts on its
+core (the model workers, the event shipper, on a shared host a load generator or a broker)
+takes time from it and evicts its caches. On 2 cores, with event logging on, the loop waited for
+its core ten times as long as with logging off, and its CPU per request rose 11%
+(docs/benchmarks/logging-cost.md). With `loop_cpus` set, the loop has those CPUs to itself; the
+workers and the shipper run on the other CPUs the gateway may use. Unset, the scheduler places
+every process, as before.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity: taskset, cgroup cpusets), not every CPU."""
+    return os.sched_getaffinity(0)
+
+
+def pin_process(cpus: Iterable[int], pid: int | None = None) -> None:
+    """Every thread of process `pid` (None: this one) on `cpus`, threads that libraries started
+    at import (OpenBLAS, onnxruntime) included; threads started later inherit it."""
+    cpus = set(cpus)
+    for tid in os.listdir(f"/proc/{pid or 'self'}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # the thread ended meanwhile
+
+
+@dataclass(frozen=True)
+class CpuLayout:
+    """The request loop's CPUs and those of the processes it starts; None: wherever the scheduler likes."""
+    loop: tuple[int, ...] | None = None
+    others: tuple[int, ...] | None = None
+
+    @classmethod
+    def of(cls, loop_cpus: Iterable[int] | None) -> "CpuLayout":
+        """The layout for config `server.loop_cpus` (validated there against `allowed_cpus()`)."""
+        if loop_cpus is None:
+            return cls()
+        loop = set(loop_cpus)
+        return cls(tuple(sorted(loop)), tuple(sorted(allowed_cpus() - loop)))
+
+    def cores_for_others(self) -> int:
+        """How many CPUs the workers share: what their intra-op threads are sized by."""
+        return len(self.others) if self.others is not None else len(allowed_cpus())
+
+    def pin_loop(self) -> None:
+        if self.loop is not None:
+            pin_process(self.loop)

@@ -1,0 +1,67 @@
+"""`server.loop_cpus`: the request loop has its CPUs to itself, and the processes the gateway
+starts (model workers, the event shipper) run on the other CPUs; a config asking for CPUs the
+gateway may not use, or leaving none for the rest, fails at start-up."""
+from __future__ import annotations
+
+import os
+import urllib.request
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+from gateway.models.demo import sample_wines
+from loadtests.host import process_tree
+from tests.conftest import gateway_config
+from tests.test_gateway_e2e import infer_body
+
+ALLOWED = sorted(os.sched_getaffinity(0))
+
+
+def _cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def _cmdline(pid: int) -> bytes:
+    return open(f"/proc/{pid}/cmdline", "rb").read()
+
+
+@pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs this process may use")
+def test_the_loop_has_its_cpu_to_itself_and_workers_and_shipper_the_rest(
+        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
+    loop, others = ALLOWED[0], frozenset(ALLOWED[1:])
+    config = gateway_config(demo_repository, kafka_bootstrap, unique_topic)
+    gateway = start_gateway({**config, "server": {"loop_cpus": [loop]}})
+    request = urllib.request.Request(gateway.url + "/v2/models/wine/infer", infer_body(sample_wines("train", 1)),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+    root = gateway.process.pid
+    assert _cpus_of_every_thread(root) == {frozenset({loop})}, "a thread of the request loop's process ran elsewhere"
+    children = [pid for pid in process_tree(root) if pid != root]
+    workers = [pid for pid in children if b"scorers.worker" in _cmdline(pid)]
+    shippers = [pid for pid in children if b"gateway.events.shipper" in _cmdline(pid)]
+    assert len(workers) == 2 and len(shippers) == 1
+    for pid in workers + shippers:
+        assert _cpus_of_every_thread(pid) == {others}, f"{_cmdline(pid)[:60]!r} may run on the loop's CPU"
+    assert f"request loop on CPU {loop}; workers and event shipper on CPU" in gateway.log()
+
+
+def _config_with_loop_cpus(tmp_path, cpus: list[int]):
+    path = tmp_path / "gateway.yaml"
+    path.write_text("models:\n  wine:\n    versions: {1: {}}\n    route: {policy: shadow, champion: 1}\n"
+                    f"server:\n  loop_cpus: {cpus}\n")
+    return path
+
+
+@pytest.mark.parametrize("cpus, hint", [
+    ([max(ALLOWED) + 1], f"CPU {max(ALLOWED) + 1} is not one this process may run on"),
+    (ALLOWED, "leaves no CPU for the model workers and the event shipper"),
+    ([], "give at least one CPU, or remove the key"),
+])
+def test_loop_cpus_the_gateway_cannot_use_fail_at_start_up(tmp_path, cpus, hint):
+    path = _config_with_loop_cpus(tmp_path, cpus)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "server.loop_cpus" in str(err.value) and hint in str(err.value)
+
