@@ -24,6 +24,7 @@ from pathlib import Path
 
 import orjson
 
+from gateway.parallel.cpus import pin_process
 from loadtests import host, servers
 from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, kept_up_with, pooled_ratio, pooled_ratio_interval,
                                     rotated, warm_gateways)
@@ -34,11 +35,10 @@ ALL = set(range(os.cpu_count()))
 def _pin(root: int, cpus_of: dict[bool, set[int]]) -> None:
     """Every thread of `root`'s process tree on cpus_of[whether its process is `root`]."""
     for pid in host.process_tree(root):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                os.sched_setaffinity(int(tid), cpus_of[pid == root])
-            except OSError:
-                pass  # the thread ended
+        try:
+            pin_process(cpus_of[pid == root], pid)
+        except FileNotFoundError:
+            pass  # the process ended
 
 
 def place(layout: str, gateway_pid: int, kafka_pid: int) -> None:
