@@ -11,6 +11,7 @@ import pytest
 from gateway.config import ConfigError, load_config
 from gateway.models.demo import sample_wines
 from loadtests.host import process_tree
+from loadtests.logging_cost import part_of
 from tests.conftest import gateway_config
 from tests.test_gateway_e2e import infer_body
 
@@ -19,10 +20,6 @@ ALLOWED = sorted(os.sched_getaffinity(0))
 
 def _cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
     return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
-
-
-def _cmdline(pid: int) -> bytes:
-    return open(f"/proc/{pid}/cmdline", "rb").read()
 
 
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs this process may use")
@@ -38,12 +35,10 @@ def test_the_loop_has_its_cpu_to_itself_and_workers_and_shipper_the_rest(
 
     root = gateway.process.pid
     assert _cpus_of_every_thread(root) == {frozenset({loop})}, "a thread of the request loop's process ran elsewhere"
-    children = [pid for pid in process_tree(root) if pid != root]
-    workers = [pid for pid in children if b"scorers.worker" in _cmdline(pid)]
-    shippers = [pid for pid in children if b"gateway.events.shipper" in _cmdline(pid)]
-    assert len(workers) == 2 and len(shippers) == 1
-    for pid in workers + shippers:
-        assert _cpus_of_every_thread(pid) == {others}, f"{_cmdline(pid)[:60]!r} may run on the loop's CPU"
+    parts = {pid: part_of(pid, root) for pid in process_tree(root) if pid != root}
+    assert sorted(parts.values()) == ["shipper", "workers", "workers"]
+    for pid, part in parts.items():
+        assert _cpus_of_every_thread(pid) == {others}, f"the {part} process {pid} may run on the loop's CPU"
     assert f"request loop on CPU {loop}; workers and event shipper on CPU" in gateway.log()
 
 
