@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 from contextlib import AsyncExitStack
 from pathlib import Path
