@@ -26,8 +26,8 @@ import orjson
 
 from gateway.parallel.cpus import pin_process
 from loadtests import host, servers
-from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, kept_up_with, pooled_ratio, pooled_ratio_interval,
-                                    rotated, warm_gateways)
+from loadtests.logging_cost import (MAX_STEAL, closed_loop, counts, keep_off_the_loop, kept_up_with, pooled_ratio,
+                                    pooled_ratio_interval, rotated, warm_gateways)
 
 ALL = set(range(os.cpu_count()))
 
@@ -46,9 +46,11 @@ def place(layout: str, gateway_pid: int, kafka_pid: int) -> None:
         _pin(gateway_pid, {True: {0}, False: ALL - {0}})
         return
     _pin(gateway_pid, {True: {0}, False: ALL - {0}} if layout == "alone" else {True: ALL, False: ALL})
-    clients = ALL if layout == "free" else ALL - {0}
-    os.sched_setaffinity(0, clients)  # the harness, and the generator processes it spawns
-    _pin(kafka_pid, {True: clients, False: clients})
+    if layout == "free":  # the harness (and the generator processes it spawns) and the broker anywhere
+        pin_process(ALL)
+        pin_process(ALL, kafka_pid)
+    else:  # ... off CPU 0, as `loadtests.logging_cost --loop-cpus 0` keeps them
+        keep_off_the_loop([0], kafka_pid)
 
 
 def main() -> None:
