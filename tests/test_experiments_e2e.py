@@ -150,18 +150,32 @@ async def test_blue_green_switch_under_traffic_fails_no_request(
         "policy": "blue_green", "active": "1", "standby": "2"}))
     url = f"{gateway.url}/v2/models/wine/infer"
     async with aiohttp.ClientSession() as session:
-        traffic = asyncio.create_task(send(session, url, [body(i) for i in range(3000)], concurrency=16))
+        switched = asyncio.Event()
+        answers: list = []
+        after: list = []  # each client's request sent after the last switch
+
+        async def client(i: int) -> None:
+            while True:
+                done = switched.is_set()
+                answer = await send(session, url, [body(i)], concurrency=1)
+                (after if done else answers).extend(answer)
+                if done:
+                    return
+
+        traffic = asyncio.gather(*(client(i) for i in range(16)))
         await asyncio.sleep(0.5)
         switches = []
         for _ in range(2):  # blue -> green, and, while traffic still flows, back
             switches.append(await admin(session, gateway.url, "POST", "/admin/models/wine/switch"))
             await asyncio.sleep(0.3)
         switches.append(await admin(session, gateway.url, "POST", "/admin/models/wine/switch"))
-        answers = await traffic
+        switched.set()
+        await traffic
     assert [s for s, _ in switches] == [200, 200, 200]
     assert switches[-1][1]["route"]["active"] == "2"
-    assert all(status == 200 for status, _ in answers), Counter(s for s, _ in answers)
+    assert all(status == 200 for status, _ in answers + after), Counter(s for s, _ in answers + after)
     assert {a["model_version"] for _, a in answers} == {"1", "2"}
+    assert [a["model_version"] for _, a in after] == ["2"] * 16
     audit = await read_topic(kafka_bootstrap, f"{unique_topic}.audit", 3)
     assert [(r["action"], r["actor"], r["before"]["active"], r["after"]["active"]) for _, r, _ in audit] == [
         ("switch", "ops-alice", "1", "2"), ("switch", "ops-alice", "2", "1"), ("switch", "ops-alice", "1", "2")]
