@@ -13,14 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import orjson
-
 from gateway import metrics
 from gateway.codecs.v2 import InferRequest, decode_infer_request, encode_infer_response
 from gateway.errors import ModelFailed, NotFound, TimedOut, Unavailable
-from gateway.events.handover import Context, context, outcome_fields, sent_event
-from gateway.events.records import fields_json, new_id, sampled
 from gateway.events.shipper import EventShipper
+from gateway.events.records import new_id, sampled
 from gateway.feedback.hub import FeedbackHub
 from gateway.models.repository import ModelVersion
 from gateway.parallel.pool import Prediction, ScoringError, WorkerPool, WorkerUnavailable
@@ -31,10 +28,6 @@ log = logging.getLogger("gateway.service")
 # What the caller got, as the event records hold it: {"model_version": served version,
 # "outputs": {its first output's name: array}}; built once per request, shared by its events.
 Action = dict[str, Any]
-# What a logged model call tells its worker of its event (handover.sent_event): the event's
-# context, the request id, the policy's reason, and the served answer's JSON for a shadow call
-# (None: the call's own answer is served).
-EventRequest = tuple[Context, str, str, orjson.Fragment | None]
 
 
 @dataclass
@@ -69,7 +62,6 @@ class ScoringService:
         self.instance = instance
         self.max_rows = max_rows
         self._shadows = BackgroundTasks()
-        self._contexts: dict[tuple, Context] = {}
 
     def model(self, name: str) -> DeployedModel:
         deployed = self.models.get(name)
@@ -86,18 +78,17 @@ class ScoringService:
         return found
 
     async def _score(self, deployed: DeployedModel, version: str, role: str, request: InferRequest,
-                     timeout: float, event: EventRequest | None) -> Outcome:
-        started = time.monotonic()  # the clock the worker measures the event's latency_ms on
-        sent = None if event is None else sent_event(*event, started)
+                     timeout: float, logged: bool) -> Outcome:
+        started = time.perf_counter()
         try:
-            prediction = await deployed.pools[version].predict(request.inputs, timeout, sent)
-            outcome = Outcome("ok", prediction, (time.monotonic() - started) * 1e3)
+            prediction = await deployed.pools[version].predict(request.inputs, timeout, logged)
+            outcome = Outcome("ok", prediction, (time.perf_counter() - started) * 1e3)
         except asyncio.TimeoutError:
-            outcome = Outcome("timeout", None, (time.monotonic() - started) * 1e3, f"no answer within {timeout:.3f} s")
+            outcome = Outcome("timeout", None, (time.perf_counter() - started) * 1e3, f"no answer within {timeout:.3f} s")
         except ScoringError as exc:
-            outcome = Outcome("error", None, (time.monotonic() - started) * 1e3, str(exc))
+            outcome = Outcome("error", None, (time.perf_counter() - started) * 1e3, str(exc))
         except WorkerUnavailable as exc:
-            outcome = Outcome("unavailable", None, (time.monotonic() - started) * 1e3, str(exc))
+            outcome = Outcome("unavailable", None, (time.perf_counter() - started) * 1e3, str(exc))
         metrics.REQUESTS.labels(deployed.name, version, role, outcome.status).inc()
         metrics.SCORING_LATENCY.labels(deployed.name, version, role).observe(outcome.latency_ms / 1e3)
         return outcome
@@ -106,28 +97,16 @@ class ScoringService:
         """Whether this request's events are logged (its champion's and shadows' alike)."""
         return self.events is not None and sampled(request_id, deployed.log_sample_rate)
 
-    def _context(self, deployed: DeployedModel, version: str, role: str, plan: Plan) -> Context:
-        """The event context of a call to `version` (handover.context), one per combination."""
-        key = (deployed.name, version, role, plan.policy, plan.serve, deployed.log_sample_rate)
-        found = self._contexts.get(key)
-        if found is None:
-            if len(self._contexts) >= 10_000:  # a few per route in practice; bounded all the same
-                self._contexts.clear()
-            outputs = deployed.versions[plan.serve].outputs  # the action holds the served version's first
-            found = self._contexts[key] = context(
-                self.instance, deployed.name, version, role, plan.policy, version == plan.serve and role != "challenger",
-                deployed.log_sample_rate, outputs[0].name if outputs else None)
-        return found
-
-    def _log(self, event_context: Context, request_id: str, reason: str, request: InferRequest, outcome: Outcome,
-             action: Action | None) -> None:
-        """Hands a call's event to the shipper: as its worker wrote it, else written here."""
-        prediction = outcome.prediction
-        if prediction is not None and prediction.event is not None:
-            self.events.hand_over(prediction.event)
-            return
-        self.events.log(outcome_fields(event_context.values, request_id, reason, outcome.status, outcome.error, action,
-                                       outcome.latency_ms), request, prediction)
+    def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, reason: str, request_id: str,
+             request: InferRequest, outcome: Outcome, action: Action | None) -> None:
+        self.events.log({  # records.FIELDS, in its order
+            "ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "gateway_instance": self.instance,
+            "model_name": deployed.name, "model_version": version, "role": role, "route": plan.policy, "arm": version,
+            "reason": reason, "served": version == plan.serve and role != "challenger", "status": outcome.status,
+            "error": outcome.error, "action": action,
+            "latency_ms": int(outcome.latency_ms * 1000) / 1000,  # to the µs; round() costs 3x
+            "sample_rate": deployed.log_sample_rate,
+        }, request, outcome.prediction)
 
     async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)
@@ -140,14 +119,12 @@ class ScoringService:
         plan = policy.plan(self._key(policy, request, headers)) if version is None else \
             Plan("direct", version, "direct", "direct")
         request_id = request.id or new_id()
-        event_context = self._context(deployed, plan.serve, plan.role, plan) if self._logged(deployed, request_id) \
-            else None
-        outcome = await self._score(deployed, plan.serve, plan.role, request, deployed.timeout,
-                                    None if event_context is None else (event_context, request_id, plan.reason, None))
+        logged = self._logged(deployed, request_id)
+        outcome = await self._score(deployed, plan.serve, plan.role, request, deployed.timeout, logged)
         policy.observe(plan.serve, outcome.status == "ok", outcome.latency_ms)
         if outcome.prediction is None:
-            if event_context is not None:
-                self._log(event_context, request_id, plan.reason, request, outcome, None)
+            if logged:
+                self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, None)
             raise {"timeout": TimedOut, "error": ModelFailed, "unavailable": Unavailable}[outcome.status](
                 f"model_{outcome.status}", f"model '{name}' version '{plan.serve}': {outcome.error}",
                 request_id=request_id)
@@ -155,16 +132,13 @@ class ScoringService:
         served = deployed.versions[plan.serve]
         first = served.outputs[0].name if served.outputs else next(iter(outputs))
         action = {"model_version": plan.serve, "outputs": {first: outputs[first]}}
-        if event_context is not None:
-            self._log(event_context, request_id, plan.reason, request, outcome, action)
+        if logged:
+            self._log(deployed, plan.serve, plan.role, plan, plan.reason, request_id, request, outcome, action)
         if self.feedback is not None and version is None:
             self.feedback.remember(request_id, name, deployed.experiment, plan.policy, plan.serve, plan.reason,
                                    outputs[first].copy())  # a copy: a view would pin the worker's whole batch
-        if plan.shadows:
-            logged_action = None if event_context is None else _action_json(outcome.prediction, action)
-            for call in plan.shadows:
-                self._start_shadow(deployed, call, plan, request_id, request, action, event_context is not None,
-                                   logged_action)
+        for call in plan.shadows:
+            self._start_shadow(deployed, call, plan, request_id, request, action, logged)
         return encode_infer_response(name, plan.serve, request_id, outputs, request.requested_outputs)
 
     @staticmethod
@@ -179,28 +153,21 @@ class ScoringService:
         return None if key is None else str(key)
 
     def _start_shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
-                      request: InferRequest, action: Action, logged: bool,
-                      logged_action: orjson.Fragment | None) -> None:
+                      request: InferRequest, action: Action, logged: bool) -> None:
         in_flight = deployed.shadow_in_flight.get(call.version, 0)
         if in_flight >= call.max_in_flight:
             metrics.SHADOW_SKIPPED.labels(deployed.name, call.version, "max_in_flight").inc()
             return
         deployed.shadow_in_flight[call.version] = in_flight + 1
         metrics.SHADOW_IN_FLIGHT.labels(deployed.name, call.version).inc()
-        self._shadows.spawn(self._shadow(deployed, call, plan, request_id, request, action, logged, logged_action))
+        self._shadows.spawn(self._shadow(deployed, call, plan, request_id, request, action, logged))
 
     async def _shadow(self, deployed: DeployedModel, call: ShadowCall, plan: Plan, request_id: str,
-                      request: InferRequest, action: Action, logged: bool,
-                      logged_action: orjson.Fragment | None) -> None:
-        """`logged_action`: the served answer's JSON, which the shadow's worker writes into its
-        event (None if the request is not logged, or the action could not be written)."""
+                      request: InferRequest, action: Action, logged: bool) -> None:
         try:
-            event_context = self._context(deployed, call.version, "challenger", plan) if logged else None
-            outcome = await self._score(deployed, call.version, "challenger", request, call.timeout,
-                                        None if logged_action is None else
-                                        (event_context, request_id, "shadow", logged_action))
-            if event_context is not None:
-                self._log(event_context, request_id, "shadow", request, outcome, action)
+            outcome = await self._score(deployed, call.version, "challenger", request, call.timeout, logged)
+            if logged:
+                self._log(deployed, call.version, "challenger", plan, "shadow", request_id, request, outcome, action)
             if self.feedback is not None and outcome.prediction is not None:
                 first = next(iter(action["outputs"]))
                 prediction = outcome.prediction.outputs.get(first)
@@ -216,14 +183,3 @@ class ScoringService:
         """Let shadow calls already started finish, so their events are not lost at shutdown."""
         await self._shadows.drain(timeout)
 
-
-def _action_json(prediction: Prediction, action: Action) -> orjson.Fragment | None:
-    """The served answer's JSON for the shadow calls' events: as the worker wrote it, else here
-    (None if it cannot be written: the shadows' events are then written by the loop, and counted
-    as unshipped)."""
-    if prediction.action is not None:
-        return orjson.Fragment(prediction.action)
-    try:
-        return orjson.Fragment(fields_json(action))
-    except TypeError:
-        return None

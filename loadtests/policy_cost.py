@@ -1,8 +1,9 @@
 """What routing and logging add to each request in the gateway's loop: `plan()` of every policy,
-remembering the prediction for the feedback join, and framing the two scoring events of a
-shadowed request for the event shipper, as their workers wrote them (the 2 ms flush, 100
-requests a frame; with hot caches, so a floor); what the workers spend writing those events;
-and what the shipper then spends building their Kafka records. Timed in process (`python -m loadtests.policy_cost`), microseconds
+remembering the prediction for the feedback join, and handing the two scoring events of a
+shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta dicts, each
+event serialised around the workers' scoring logs, 100 requests a frame; with hot caches, so a
+floor); and what the shipper then spends
+building their Kafka records. Timed in process (`python -m loadtests.policy_cost`), microseconds
 per call."""
 from __future__ import annotations
 
@@ -10,15 +11,17 @@ import time
 import timeit
 
 import numpy as np
-import orjson
 
+from gateway.codecs.v2 import InferRequest
 from gateway.config import ROUTE
-from gateway.events.handover import answered_event, context, frame, wires_from_batches
-from gateway.events.records import new_id
+from gateway.events.handover import frame, serialised, wires_from_batches
+from gateway.events.records import event_fields, new_id
 from gateway.experiments.tracker import ExperimentTracker
 from gateway.feedback.hub import FeedbackHub
 from gateway.feedback.store import PredictionStore
+from gateway.parallel.pool import Prediction
 from gateway.routing import build_policy
+from scorers.protocol import scoring_log
 
 ROUTES = {
     "shadow": {"policy": "shadow", "champion": "1", "challengers": [{"version": "2"}]},
@@ -29,20 +32,24 @@ ROUTES = {
 }
 
 
-# The demo wine route's two calls of a shadowed request, as the gateway's loop describes their
-# events to the workers (handover.context): the champion's and the shadow challenger's.
-_CONTEXTS = {version: context("bench", "wine", version, role, "shadow", role == "champion", 1.0, "probabilities")
-             for version, role in (("1", "champion"), ("2", "challenger"))}
-Outputs = dict[str, dict[str, np.ndarray]]  # each version's outputs of one request
+def shadowed_events(request_id: str, action: dict) -> list[tuple[str, dict]]:
+    """(version, fields) of a shadowed request's two events on the demo wine route, the fields
+    as gateway.service._log writes them (records.event_fields)."""
+    return [(version, event_fields(
+        ts_ms=time.time_ns() // 1_000_000, request_id=request_id, gateway_instance="bench", model_name="wine",
+        model_version=version, role=role, route="shadow", arm=version, reason="shadow", served=role == "champion",
+        status="ok", error=None, action=action, latency_ms=int(1.2345 * 1000) / 1000, sample_rate=1.0))
+            for version, role in (("1", "champion"), ("2", "challenger"))]
 
 
-def shadowed_request() -> tuple[np.ndarray, Outputs]:
-    """A shadowed request on the demo wine route: its input row and each version's outputs."""
+def shadowed_request() -> tuple[np.ndarray, dict[str, Prediction], dict]:
+    """A shadowed request on the demo wine route: its input row, each version's prediction with
+    the scoring log its worker writes, and the action served (version 1's probabilities)."""
     rng = np.random.default_rng(0)
     return _shadowed(rng.random((1, 13), dtype=np.float32), {"1": np.array([0]), "2": np.array([1])}, rng)
 
 
-def standard_mix(count: int = 512, seed: int = 1) -> list[tuple[np.ndarray, Outputs]]:
+def standard_mix(count: int = 512, seed: int = 1) -> list[tuple[np.ndarray, dict[str, Prediction], dict]]:
     """`count` shadowed requests as `shadowed_request` gives one, with the `standard` scenario's
     mix of rows (90% one row, 10% 2-20) of demo wines from the train range."""
     from gateway.models.demo import sample_wines
@@ -55,26 +62,21 @@ def standard_mix(count: int = 512, seed: int = 1) -> list[tuple[np.ndarray, Outp
             for start, size in zip(starts, sizes)]
 
 
-def _shadowed(rows: np.ndarray, labels: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[np.ndarray, Outputs]:
-    return rows, {v: {"label": labels[v], "probabilities": rng.random((len(rows), 3), dtype=np.float32)}
-                  for v in ("1", "2")}
+def _shadowed(rows: np.ndarray, labels: dict[str, np.ndarray],
+              rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Prediction], dict]:
+    outputs = {v: {"label": labels[v], "probabilities": rng.random((len(rows), 3), dtype=np.float32)} for v in ("1", "2")}
+    predictions = {v: Prediction(o, 1.0, len(rows), scoring_log({"input": rows}, o)) for v, o in outputs.items()}
+    return rows, predictions, {"model_version": "1", "outputs": {"probabilities": outputs["1"]["probabilities"]}}
 
 
-def worker_events(request_id: str, row: np.ndarray, outputs: Outputs) -> list[bytes]:
-    """The parts of a shadowed request's two events as its workers write them
-    (handover.answered_event, from what the loop sent them, read back from JSON as a worker
-    reads it): the champion's, then the challenger's, which holds the champion's action."""
-    sent, inputs = time.monotonic(), {"input": row}
-    fields, log, action = answered_event([_CONTEXTS["1"].values, request_id, "champion", None, sent], inputs,
-                                         outputs["1"])
-    shadow = answered_event([_CONTEXTS["2"].values, request_id, "shadow", orjson.loads(action), sent], inputs,
-                            outputs["2"])
-    return [fields, log, *shadow[:2]]
-
-
-def handed_over(count: int, row: np.ndarray, outputs: Outputs) -> bytes:
+def handed_over(count: int, row: np.ndarray, predictions: dict[str, Prediction], action: dict) -> bytes:
     """What the gateway's loop hands the shipper for `count` such requests (new ids): one frame."""
-    return frame([part for _ in range(count) for part in worker_events(new_id(), row, outputs)])
+    pending: list[bytes] = []
+    for _ in range(count):
+        request = InferRequest(new_id(), {"input": row}, 1)
+        for version, fields in shadowed_events(request.id, action):
+            pending += serialised(fields, request, predictions[version])
+    return frame(pending)
 
 
 def main(calls: int = 100_000) -> None:
@@ -91,12 +93,8 @@ def main(calls: int = 100_000) -> None:
     request = shadowed_request()
     batch = 100
     rounds = calls // batch
-    workers_us = timeit.timeit(lambda: worker_events(new_id(), *request), number=calls) / calls * 1e6
-    print(f"write a shadowed request's 2 events, its workers: {workers_us:.2f} us")
-    written = [worker_events(new_id(), *request) for _ in range(batch)]
-    loop_us = timeit.timeit(lambda: frame([part for parts in written for part in parts]),
-                            number=rounds) / (rounds * batch) * 1e6
-    print(f"frame a shadowed request's 2 events for the shipper, gateway loop: {loop_us:.2f} us")
+    gateway_us = timeit.timeit(lambda: handed_over(batch, *request), number=rounds) / (rounds * batch) * 1e6
+    print(f"log a shadowed request (2 events), gateway loop: {gateway_us:.2f} us")
     one_frame = handed_over(batch, *request)
     shipper_us = timeit.timeit(lambda: wires_from_batches(one_frame, "scoring.events"), number=rounds) / (rounds * batch) * 1e6
     print(f"build its 2 Kafka records, event shipper: {shipper_us:.2f} us")

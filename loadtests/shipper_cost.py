@@ -33,19 +33,22 @@ def settings(bootstrap: str, spool: str) -> dict[str, Any]:
 
 async def feed(shipper: Any, rate: float, duration: float, requests: list[tuple] | None = None) -> int:
     """Hands `shipper` (an EventShipper) the events of `rate` shadowed requests a second for
-    `duration` seconds, as the gateway's loop does (the events as the workers wrote them, written
-    here too, every 2 ms); how many requests it handed over. The requests are `requests` in turn
-    ((rows, outputs) each, as policy_cost.shadowed_request gives one), or that one."""
+    `duration` seconds, as the gateway's loop does (its fields and the workers' scoring logs,
+    every 2 ms); how many requests it handed over. The requests are `requests` in turn
+    ((rows, predictions, action) each, as policy_cost.shadowed_request gives one), or that one."""
+    from gateway.codecs.v2 import InferRequest
     from gateway.events.records import new_id
-    from loadtests.policy_cost import shadowed_request, worker_events
+    from loadtests.policy_cost import shadowed_events, shadowed_request
 
     requests = requests or [shadowed_request()]
     start, sent = time.monotonic(), 0
     while (elapsed := time.monotonic() - start) < duration:
         while sent < int(elapsed * rate):
-            parts = worker_events(new_id(), *requests[sent % len(requests)])
-            shipper.hand_over(parts[:2])
-            shipper.hand_over(parts[2:])
+            rows, predictions, action = requests[sent % len(requests)]
+            request_id = new_id()
+            request = InferRequest(request_id, {"input": rows}, len(rows))
+            for version, fields in shadowed_events(request_id, action):
+                shipper.log(fields, request, predictions[version])
             sent += 1
         await asyncio.sleep(0.002)
     return sent

@@ -3,9 +3,8 @@
 A frame is `<meta_len:u32><body_len:u32><meta JSON><body>`: a small orjson header naming each
 array (name, dtype, shape) and the raw array bytes back to back, so arrays cross the process
 boundary without a text round trip. Responses come back in request order, tagged by `seq`. A
-request the gateway will log carries what the gateway knows of its event (`"event"`,
-gateway.events.handover); its answer then ends with the event the worker wrote (its parts'
-lengths in the answer's `"tail"`).
+request the gateway will log says so (`"log": true`); its answer then ends with the request's
+scoring log (`scoring_log`, its length in the answer's `"tail"`).
 """
 from __future__ import annotations
 
@@ -22,9 +21,9 @@ HEADER = struct.Struct("<II")
 MAX_FRAME = 1 << 30
 
 
-def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, tail: tuple[bytes, ...] = ()) -> bytes:
-    """A frame; `tail` (parts after the arrays, their lengths in meta["tail"]) carries a request's
-    event back to the gateway."""
+def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, tail: bytes = b"") -> bytes:
+    """A frame; `tail` (bytes after the arrays, its length in meta["tail"]) carries a request's
+    scoring log (`scoring_log`) back to the gateway."""
     parts: list[bytes] = []
     if arrays:
         specs = []
@@ -34,8 +33,8 @@ def encode(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, ta
             parts.append(arr.tobytes())
         meta = {**meta, "arrays": specs}
     if tail:
-        meta = {**meta, "tail": [len(part) for part in tail]}
-        parts += tail
+        meta = {**meta, "tail": len(tail)}
+        parts.append(tail)
     head = orjson.dumps(meta)
     body = b"".join(parts)
     return HEADER.pack(len(head), len(body)) + head + body

@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from gateway.events.handover import answered_event
 from gateway.parallel.cpus import pin_process
 
 from .base import Scorer
-from .protocol import decode_arrays, encode, split_frames
+from .protocol import decode_arrays, encode, scoring_log, split_frames
 
 
 def load_scorer(spec: dict[str, Any]) -> Scorer:
@@ -42,31 +41,28 @@ def _signature(arrays: dict[str, np.ndarray]) -> tuple:
     return tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(arrays.items()))
 
 
-# seq, inputs, and what the gateway knows of the request's event if it logs it (else None)
-Request = tuple[int, dict[str, np.ndarray], list | None]
+Request = tuple[int, dict[str, np.ndarray], bool]  # seq, inputs, whether the gateway logs it
 
 
-def _answer(meta: dict[str, Any], inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-            event: list | None) -> bytes:
-    """The answer frame; with the request's event when the gateway will log it (if that cannot
-    be written, the gateway writes it, or counts the event as unshipped)."""
-    tail: tuple[bytes, ...] = ()
-    if event is not None:
+def _answer(meta: dict[str, Any], inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray], log: bool) -> bytes:
+    """The answer frame; with the request's scoring log when the gateway will log it (if that
+    cannot be written, the gateway writes it, or counts the event as unshipped)."""
+    tail = b""
+    if log:
         try:
-            fields, log, action = answered_event(event, inputs, outputs)
-            tail = (fields, log) if action is None else (fields, log, action)
-        except Exception:  # logging must never cost the caller its answer
+            tail = scoring_log(inputs, outputs)
+        except TypeError:
             pass
     return encode(meta, outputs, tail)
 
 
-def _score_one(scorer: Scorer, seq: int, arrays: dict[str, np.ndarray], event: list | None) -> bytes:
+def _score_one(scorer: Scorer, seq: int, arrays: dict[str, np.ndarray], log: bool) -> bytes:
     started = time.perf_counter()
     try:
         outputs = scorer.predict(arrays)
     except Exception as exc:  # a model error answers this request only
         return encode({"seq": seq, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-    return _answer({"seq": seq, "ok": True, "compute_ms": (time.perf_counter() - started) * 1e3}, arrays, outputs, event)
+    return _answer({"seq": seq, "ok": True, "compute_ms": (time.perf_counter() - started) * 1e3}, arrays, outputs, log)
 
 
 def _score_batch(scorer: Scorer, batch: list[Request]) -> list[bytes]:
@@ -85,10 +81,9 @@ def _score_batch(scorer: Scorer, batch: list[Request]) -> list[bytes]:
         return [_score_one(scorer, *request) for request in batch]
     compute_ms = (time.perf_counter() - started) * 1e3
     frames, offset = [], 0
-    for (seq, arrays, event), size in zip(batch, sizes):
+    for (seq, arrays, log), size in zip(batch, sizes):
         part = {name: value[offset : offset + size] for name, value in outputs.items()}
-        frames.append(_answer({"seq": seq, "ok": True, "compute_ms": compute_ms, "batch": len(batch)}, arrays, part,
-                              event))
+        frames.append(_answer({"seq": seq, "ok": True, "compute_ms": compute_ms, "batch": len(batch)}, arrays, part, log))
         offset += size
     return frames
 
@@ -115,7 +110,7 @@ def score_frames(scorer: Scorer, frames: list[tuple[dict, bytes]], max_batch_row
         if batch and not can_stack:
             out.extend(_score_batch(scorer, batch))
             batch, rows = [], 0
-        batch.append((seq, arrays, meta.get("event")))
+        batch.append((seq, arrays, bool(meta.get("log"))))
         rows += n
         signature = sig
     if batch:

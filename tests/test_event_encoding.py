@@ -7,7 +7,6 @@ import asyncio
 import random
 import socket
 import sys
-import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -21,7 +20,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from gateway.events.logger import EventLogger, _append, _lz4_fast_level, use_fast_lz4
 from gateway.events.partitions import murmur2, partitions_of
 from gateway.codecs.v2 import InferRequest
-from gateway.events.handover import context, frame, outcome_fields, sent_event, serialised, wires_from_batches
+from gateway.events.handover import frame, serialised, wires_from_batches
 from gateway.codecs.datatypes import NUMPY_TO_V2
 from gateway.codecs.json_tensors import tensors_json
 from gateway.events.records import FIELDS, by_kind, event_fields, scoring_event
@@ -70,18 +69,19 @@ def _without_id(wire: WireRecord) -> tuple:
     return wire.topic, wire.key, record, headers
 
 
-def _loggable(fields: dict, arrays: dict) -> tuple:
-    """What the gateway's loop logs for `fields` and `arrays` when it writes the event itself:
-    (fields, request, prediction)."""
+def _loggable(fields: dict, arrays: dict, worker_log: bool = True) -> tuple:
+    """What the gateway's loop logs for `fields` and `arrays`: (fields, request, prediction);
+    the prediction with the worker's scoring log, or without one (the loop writes it)."""
     split = by_kind(arrays)
     request = InferRequest(fields["request_id"], split["inputs"], 1)
     outputs = split["outputs"]
-    prediction = Prediction(outputs, 1.0, 1) if outputs else None
+    log = scoring_log(request.inputs, outputs) if worker_log else None
+    prediction = Prediction(outputs, 1.0, 1, log) if outputs else None
     return fields, request, prediction
 
 
-def _handed_over(fields: dict, arrays: dict) -> tuple[bytes, bytes]:
-    return serialised(*_loggable(fields, arrays))
+def _handed_over(fields: dict, arrays: dict, worker_log: bool = True) -> tuple[bytes, bytes]:
+    return serialised(*_loggable(fields, arrays, worker_log))
 
 
 def test_v2_tensors_are_written_as_a_plain_dict_per_tensor_writes_them():
@@ -109,7 +109,7 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     failed = dict(_event(1, False)[0], status="error", error="model failed")  # no outputs
     cases.append((failed, {"inputs/input": _event(1, False)[1]["inputs/input"]}))
 
-    data = frame([part for f, a in cases for part in _handed_over(f, a)])
+    data = frame([part for i, (f, a) in enumerate(cases) for part in _handed_over(f, a, worker_log=i % 2 == 0)])
     wires, used, broken = wires_from_batches(data + data[:40], "scoring.events")  # a batch cut short stays unread
     assert (used, broken) == (len(data), 0)
     assert len(wires) == len(cases)
@@ -155,54 +155,18 @@ class _Doubler:
         return {"y": inputs["x"] * 2, "n": inputs["x"].sum(axis=1)}
 
 
-def test_the_worker_writes_the_whole_event_of_the_requests_the_gateway_logs():
+def test_the_worker_writes_the_scoring_log_of_the_requests_the_gateway_logs():
     rng = np.random.default_rng(5)
-    xs = [rng.random((rows, 3), dtype=np.float32) for rows in (1, 4, 2, 3)]
-    champion = context("host-1", "wine", "1", "champion", "shadow", True, 0.5, "n")
-    challenger = context("host-1", "wine", "2", "challenger", "shadow", False, 0.5, "n")
-    served = {"model_version": "1", "outputs": {"n": [0.25, 1.5]}}
-    sent = time.monotonic()
-    # a reason per request, as a sticky route gives one (the context is shared by all of them)
-    reasons = {0: "sticky:bucket=0.4213", 2: "sticky:bucket=0.0918", 3: "shadow"}
-    events = [sent_event(champion, "r0", reasons[0], None, sent), None, sent_event(champion, "r2", reasons[2], None, sent),
-              sent_event(challenger, "r3", reasons[3], orjson.Fragment(orjson.dumps(served)), sent)]
-    requests = [encode({"seq": i} if event is None else {"seq": i, "event": event}, {"x": x})
-                for i, (x, event) in enumerate(zip(xs, events))]
+    xs = [rng.random((rows, 3), dtype=np.float32) for rows in (1, 4, 2)]
+    requests = [encode({"seq": i, "log": True} if i != 1 else {"seq": i}, {"x": x}) for i, x in enumerate(xs)]
     frames, _ = split_frames(b"".join(requests))
     answers, _ = split_frames(b"".join(score_frames(_Doubler(), frames, 4096)))  # stacked in one batch
     predictions = [prediction_from(meta, body) for meta, body in answers]
     for x, prediction in zip(xs, predictions):
         np.testing.assert_array_equal(prediction.outputs["y"], x * 2)
-    assert (predictions[1].event, predictions[1].action) == (None, None)  # not logged: nothing written
-    wires, _, broken = wires_from_batches(frame([part for i in (0, 2, 3) for part in predictions[i].event]),
-                                          "scoring.events")
-    assert broken == 0
-    for wire, i, event_context in zip(wires, (0, 2, 3), (champion, champion, challenger)):
-        outputs = predictions[i].outputs
-        action = served if i == 3 else {"model_version": "1", "outputs": {"n": outputs["n"]}}
-        record = orjson.loads(wire.value)
-        assert 0 <= record["latency_ms"] < 60_000 and abs(record["ts_ms"] - time.time() * 1000) < 60_000
-        assert record["reason"] == reasons[i]
-        fields = outcome_fields(event_context.values, f"r{i}", reasons[i], "ok", None, action, record["latency_ms"])
-        assert list(fields) == list(FIELDS)  # the order the shipper reads fast (records.wire_of)
-        fields["ts_ms"] = record["ts_ms"]
-        arrays = {"inputs/x": xs[i], **{f"outputs/{k}": v for k, v in outputs.items()}}
-        assert _without_id(wire)[1:3] == (f"r{i}".encode(), _plain_record(fields, arrays))
-    # the served answer's JSON comes back for the shadows, unless the gateway sent one
-    assert predictions[0].action == orjson.dumps({"model_version": "1", "outputs": {"n": predictions[0].outputs["n"]}},
-                                                 option=orjson.OPT_SERIALIZE_NUMPY)
-    assert predictions[3].action is None
-
-
-def test_a_worker_that_cannot_write_an_event_still_answers_and_the_loop_writes_it():
-    outputs_named = context("host-1", "wine", "1", "champion", "ab", True, 1.0, "missing")
-    request = encode({"seq": 7, "event": sent_event(outputs_named, "r7", "weights", None, time.monotonic())},
-                     {"x": np.ones((1, 3))})
-    frames, _ = split_frames(request)
-    [(meta, body)], _ = split_frames(b"".join(score_frames(_Doubler(), frames, 4096)))
-    prediction = prediction_from(meta, body)
-    assert meta["ok"] and prediction.event is None  # no output named "missing" to make its action of
-    np.testing.assert_array_equal(prediction.outputs["y"], np.full((1, 3), 2.0))
+    assert predictions[1].log is None  # not logged: nothing written
+    for i in (0, 2):
+        assert predictions[i].log == scoring_log({"x": xs[i]}, predictions[i].outputs)
 
 
 def test_an_event_the_shipper_cannot_build_is_dropped_alone_and_reported():

@@ -1,13 +1,12 @@
 """The scoring event record (schema version 1, documented in docs/events.md) and its Kafka
 form (`wire_of`): JSON value, request-id key, CloudEvents binary-mode headers.
 
-Two processes write a record's value, so that neither parses or re-writes the other's part:
-the worker that scored the request writes its inputs and outputs as V2 tensors
-(scorers.protocol.scoring_log: `{"inputs":[...],"outputs":[...]}`) and the event's fields
-(`FIELDS`, a JSON object, from what the gateway's loop sent it: gateway.events.handover; the
-loop writes them itself only for a call the worker did not answer); the event shipper reads
-the fields, adds the schema version, an event id and the ISO timestamp, and joins it all
-(`wire_of`). Tests and benchmarks build records from arrays (`scoring_event`).
+Three processes write a record's value, each its own part, so that none of them parses or
+re-writes another's: the worker that scored the request writes its inputs and outputs as V2
+tensors (scorers.protocol.scoring_log: `{"inputs":[...],"outputs":[...]}`); the gateway's
+loop writes the event's fields (`FIELDS`, a JSON object, gateway.events.handover); the event
+shipper reads the fields, adds the schema version, an event id and the ISO timestamp, and
+joins the three (`wire_of`). Tests and benchmarks build records from arrays (`scoring_event`).
 """
 from __future__ import annotations
 
@@ -57,9 +56,9 @@ def _iso_utc(ts_ms: int) -> bytes:
     return b"%s%03dZ" % (_SECOND[1], ms)
 
 
-# What the worker (or, for a call it did not answer, the gateway's loop) writes of each record,
-# in this order (as a dict literal, gateway.events.handover.outcome_fields; the JSON Schema says
-# what each means): `ts_ms` is when the model answered, `action` what the caller was served ({"model_version", "outputs"}, or null). The
+# What the gateway's loop writes of each record, in this order (the loop writes them as a dict
+# literal, gateway.service; the JSON Schema says what each means): `ts_ms` is when the model
+# answered, `action` what the caller was served ({"model_version", "outputs"}, or null). The
 # record has them in this order too, with `inputs` and `outputs` inserted before `action`. The
 # ones the shipper reads for the key and headers come first, up to `role` (`wire_of`).
 FIELDS = ("ts_ms", "request_id", "gateway_instance", "model_name", "model_version", "role", "route", "arm", "reason",
@@ -69,8 +68,8 @@ _FIELD_SET = frozenset(FIELDS)
 
 def event_fields(**values: Any) -> dict[str, Any]:
     """An event's `FIELDS` in their order, from code off the request path (benchmarks, tools),
-    so that it takes the shipper's fast path as the gateway's events do; those are written as a
-    dict literal (gateway.events.handover.outcome_fields), whose order a test pins. Raises TypeError for a missing or
+    so that it takes the shipper's fast path as the loop's events do; the loop writes them as a
+    dict literal (gateway.service), whose order a test pins. Raises TypeError for a missing or
     unknown name."""
     if values.keys() != _FIELD_SET:
         missing, unknown = sorted(_FIELD_SET - values.keys()), sorted(values.keys() - _FIELD_SET)

@@ -2,11 +2,11 @@
 
 Building records and producing them to Kafka (batches, partitions, confirmations, spool) costs
 more Python than the scoring they log, and the gateway's request loop is the process that
-saturates first; so the loop passes on each event as the model worker wrote it, and every 2 ms
-writes the events since the last flush to the shipper's socket (gateway.events.handover). The
-shipper joins them into records and runs the EventLogger: queue, Kafka producer, disk spool and
-replay. Its metrics come back to the gateway once a second (scorers.protocol frames) and are
-re-exported on the gateway's /metrics.
+saturates first; so the loop only writes each event's fields (one orjson call) beside the
+scoring log the worker wrote, and every 2 ms writes the events since the last flush to the
+shipper's socket (gateway.events.handover). The shipper joins them into records and runs the
+EventLogger: queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway
+once a second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
@@ -96,18 +96,14 @@ class EventShipper:
         self._reader = asyncio.create_task(self._read(reader))
 
     def log(self, fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> None:
-        """Writes an event its worker did not write (handover.serialised) and hands it over."""
+        """Serialises the event's fields (records.FIELDS), kept beside the worker's scoring log
+        (handover.serialised); the events since the last flush reach the shipper together, every 2 ms."""
         try:
             parts = serialised(fields, request, prediction)
         except TypeError:  # one event that cannot be serialised must not take others with it
             self.lost += 1
             log.exception("scoring event not serialisable; dropped and counted as unshipped")
             return
-        self.hand_over(parts)
-
-    def hand_over(self, parts: tuple[bytes, bytes]) -> None:
-        """Keeps an event's parts (its fields and scoring log, as written); the events since the
-        last flush reach the shipper together, every 2 ms."""
         if not self._outbox:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
         self._outbox += parts

@@ -38,24 +38,14 @@ class Prediction:
     outputs: dict[str, np.ndarray]
     compute_ms: float
     batch: int
-    # The event the worker wrote (handover.answered_event), when asked for one and it could:
-    # its fields and scoring log, as the shipper reads them; and its action's JSON, unless the
-    # gateway sent one (a shadow call).
-    event: tuple[bytes, bytes] | None = None
-    action: bytes | None = None
+    log: bytes | None = None  # the worker's scoring_log of this request, when asked for one
 
 
 def prediction_from(meta: dict[str, Any], body: bytes) -> Prediction:
     """A worker's answer frame as a Prediction."""
-    tail = meta.get("tail")
-    if not tail:
-        return Prediction(decode_arrays(meta, body), meta.get("compute_ms", 0.0), meta.get("batch", 1))
-    fields_len, log_len, *action_len = tail
-    at = len(body) - fields_len - log_len - sum(action_len)
-    log_at = at + fields_len
-    action_at = log_at + log_len
+    tail = meta.get("tail", 0)
     return Prediction(decode_arrays(meta, body), meta.get("compute_ms", 0.0), meta.get("batch", 1),
-                      (body[at:log_at], body[log_at:action_at]), body[action_at:] if action_len else None)
+                      body[len(body) - tail :] if tail else None)
 
 
 class _Worker:
@@ -111,7 +101,7 @@ class _Worker:
             self.pending.clear()
             self.pool.on_worker_exit(self)
 
-    def send(self, seq: int, arrays: dict[str, np.ndarray], event: list | None = None) -> asyncio.Future:
+    def send(self, seq: int, arrays: dict[str, np.ndarray], log: bool = False) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending[seq] = future
@@ -119,7 +109,7 @@ class _Worker:
         # as one batch), instead of one write and one worker wake-up per request.
         if not self._outbox:
             loop.call_soon(self._flush)
-        self._outbox.append(encode({"seq": seq} if event is None else {"seq": seq, "event": event}, arrays))
+        self._outbox.append(encode({"seq": seq, "log": True} if log else {"seq": seq}, arrays))
         return future
 
     def _flush(self) -> None:
@@ -205,15 +195,14 @@ class WorkerPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def predict(self, arrays: dict[str, np.ndarray], timeout: float, event: list | None = None) -> Prediction:
-        """The model's answer; with `event` (what the gateway knows of the request's event, as
-        handover.answered_event reads it), the worker also writes the request's event."""
+    async def predict(self, arrays: dict[str, np.ndarray], timeout: float, log: bool = False) -> Prediction:
+        """The model's answer; with `log`, the worker also writes the request's scoring log."""
         live = [w for w in self._workers if w.alive]
         if not live:
             raise WorkerUnavailable(f"no live worker for {self.model.key}")
         worker = min(live, key=lambda w: len(w.pending))
         seq = next(self._seq)
-        future = worker.send(seq, arrays, event)
+        future = worker.send(seq, arrays, log)
         try:
             meta, body = await asyncio.wait_for(future, timeout)
         finally:
