@@ -280,6 +280,7 @@ class KafkaConfig(_Strict):
     linger_ms: int = Field(500, ge=0, description="wait this long to fill Kafka batches (delays events, not answers)")
     compression: Literal["lz4", "zstd", "gzip", "none"] = "lz4"
     stall_timeout_ms: int = Field(2000, ge=100, description="an event unconfirmed for this long (not counting time the shipper could not run) goes to the spool")
+    shipper_nice: int = Field(19, ge=0, le=19, description="how much lower the event shipper's CPU priority is than the gateway's (0: the same)")
     spool: SpoolConfig = SpoolConfig()
 
 

@@ -160,6 +160,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, config
                 "spool_fsync": kafka.spool.fsync, "queue_size": kafka.queue_size, "linger_ms": kafka.linger_ms,
                 "compression": None if kafka.compression == "none" else kafka.compression,
                 "stall_timeout": kafka.stall_timeout_ms / 1000,
+                "nice": kafka.shipper_nice,
                 "create_topics": [list(kafka.topics.model_dump().values()), kafka.partitions, kafka.replication_factor],
                 "cpus": cpus.others,
             })

@@ -42,6 +42,7 @@ def test_numbers_as_version_names_are_accepted(tmp_path):
     (GOOD.replace("fraction: 0.1", "fraction: 1.5"), "models.wine.route.challengers.0.fraction", "less than or equal to 1"),
     (GOOD.replace("workers: 2", "wokers: 2"), "models.wine.versions.1.wokers", "unknown key"),
     (GOOD + "kafka: {compression: snappy}\n", "kafka.compression", "'lz4'"),
+    (GOOD + "kafka: {shipper_nice: 20}\n", "kafka.shipper_nice", "less than or equal to 19"),
     (GOOD.replace("model_repository: models\n", "") .replace("models:\n", "modles:\n"), "models", "required key is missing"),
 ])
 def test_errors_name_file_key_and_fix(tmp_path, text, key, hint):

@@ -190,18 +190,23 @@ async def test_sampling_logs_champion_and_challenger_of_the_same_requests(
     assert 0.18 < len(expected) / len(ids) < 0.32
 
 
-async def test_the_event_shipper_never_preempts_a_request_and_ignores_ctrl_c(
-        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
-    """The shipper runs without wake-up preemption, at the gateway's priority (niced, it fell
-    behind a saturated gateway), in the gateway's session (with autogroup scheduling a session
-    of its own would be weighed like the whole gateway), in a process group of its own (a
-    terminal's Ctrl-C goes to the gateway, which stops it in order)."""
-    gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
+@pytest.mark.parametrize("nice", [None, 5])
+async def test_the_event_shipper_yields_to_requests_and_ignores_ctrl_c(
+        demo_repository, kafka_bootstrap, unique_topic, start_gateway, nice):
+    """The shipper runs without wake-up preemption, below the gateway's priority by
+    `kafka.shipper_nice` (19 unless set), in the gateway's session (with autogroup scheduling a
+    session of its own would be weighed like the whole gateway), in a process group of its own
+    (a terminal's Ctrl-C goes to the gateway, which stops it in order)."""
+    config = gateway_config(demo_repository, kafka_bootstrap, unique_topic)
+    if nice is not None:
+        config["kafka"]["shipper_nice"] = nice
+    gateway = start_gateway(config)
     pid = gateway.process.pid
     shippers = [p for p in process_tree(pid) if part_of(p, pid) == "shipper"]
     assert len(shippers) == 1
     shipper = shippers[0]
-    assert os.getpriority(os.PRIO_PROCESS, shipper) == os.getpriority(os.PRIO_PROCESS, pid)
+    gateway_nice = os.getpriority(os.PRIO_PROCESS, pid)
+    assert os.getpriority(os.PRIO_PROCESS, shipper) == min(gateway_nice + (19 if nice is None else nice), 19)
     assert os.sched_getscheduler(shipper) == os.SCHED_BATCH
     assert os.getsid(shipper) == os.getsid(pid) and os.getpgid(shipper) == shipper != os.getpgid(pid)
 
