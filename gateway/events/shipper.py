@@ -261,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     # (kafka.shipper_nice, 19 by default): where it shares a core with the request loop, the loop
     # comes first; the closed loop kept 83.8% of logging off over 16 gateway starts, against
     # 80.2% at the gateway's own priority, with the shipper keeping up and Kafka confirming
-    # every event (docs/benchmarks/logging-cost.md, twenty-fourth session). Starved (every core busy), it
-    # falls behind rather than slowing answers: its stall detection runs on its own CPU time, so
-    # a healthy broker is not taken for a slow one, and what waits is queued, then spooled.
+    # every event (docs/benchmarks/logging-cost.md, twenty-fourth session). Starved (every core
+    # busy for long), it falls behind rather than slowing answers: its stall detection runs on
+    # its own time, so a healthy broker is not taken for a slow one; what waits sits in its
+    # socket and the gateway's write buffer (EventShipper.max_buffer_bytes, then counted as
+    # unshipped), then in its queue and spool (docs/events.md, kafka.shipper_nice).
     if hasattr(os, "sched_setscheduler"):  # Linux
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     settings = orjson.loads(args.settings)
