@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.parallel.cpus import run_queue_wait
+
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -59,13 +61,9 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 def waiting_seconds(pid: int) -> float | None:
-    """Seconds so far that the main thread of `pid` was ready to run but waited for a core (the
-    scheduler's run-queue delay, /proc/<pid>/schedstat): a single event loop that saturates
-    loses throughput to whatever shares its core."""
-    try:
-        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return None
+    """Seconds so far that the main thread of `pid` waited for a core: a single event loop that
+    saturates loses throughput to whatever shares its core."""
+    return run_queue_wait(f"{pid}/task/{pid}")
 
 
 def preemptions(pid: int) -> int:

@@ -28,6 +28,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record import default_records
 
 from gateway.config import KafkaConfig
+from gateway.parallel.cpus import run_queue_wait
 
 from . import metrics
 from .partitions import partitions_of
@@ -132,7 +133,7 @@ class EventLogger:
         # Each batch Kafka has not confirmed: its records, when it was sent, and when on the
         # shipper's own clock (`_own_time`), which the stall detection goes by.
         self._in_flight: dict[asyncio.Future, tuple[list[WireRecord], float, float]] = {}
-        self._late = 0.0  # seconds the shipper woke late so far (starved of CPU, or busy with its own work)
+        self._lost = 0.0  # seconds so far the shipper could not attend to Kafka (`_watch`)
         # The drain's send and the replay's turn under way (aiokafka waits for room in its queue
         # while the broker has not taken the batches before; a turn also waits for Kafka to
         # confirm it), each with when it started on the shipper's own clock and how long it may
@@ -354,15 +355,21 @@ class EventLogger:
         and ends sends and replay turns under way for too long (`_within`: their records are
         spooled, or read from the spool again).
 
-        Overdue in the shipper's own time, for both: while it could not run (every core busy, or its own
-        long burst), its batches may not even have been sent, and Kafka's confirmations wait
-        unread in its socket (the loop runs due timers before it reads sockets). So the time it
-        woke late is not counted against Kafka; counted, it spooled a healthy broker's events."""
+        Overdue in the shipper's own time, for both: while it could not run, its batches may not
+        even have been sent, and Kafka's confirmations wait unread in its socket. So two kinds of
+        time are not counted against Kafka: the time it woke late (its own long burst; the loop
+        runs due timers before it reads sockets) and the time it waited for a core (every core
+        busy; at nice 19 it waits most of the time on a busy core, and not only to wake up).
+        Counted, each once spooled a healthy broker's events (docs/benchmarks/logging-cost.md).
+        Per tick, the larger of the two: a late wake-up spent waiting for a core is both."""
         interval = min(0.25, self.stall_timeout / 4)
+        waited = run_queue_wait() or 0.0
         while True:
             due = time.monotonic() + interval
             await asyncio.sleep(interval)
-            self._late += max(0.0, time.monotonic() - due)
+            late = max(0.0, time.monotonic() - due)
+            waited_before, waited = waited, run_queue_wait() or waited
+            self._lost += max(late, waited - waited_before)
             now = self._own_time()
             oldest = min((t for _, _, t in self._in_flight.values()), default=None)
             if oldest is not None and now - oldest > self.stall_timeout:
@@ -393,8 +400,9 @@ class EventLogger:
         return future.result(), None
 
     def _own_time(self) -> float:
-        """The shipper's own clock: monotonic time less the time it woke late (`_watch`)."""
-        return time.monotonic() - self._late
+        """The shipper's own clock: monotonic time less the time it could not attend to Kafka
+        (woke late, or waited for a core: `_watch`)."""
+        return time.monotonic() - self._lost
 
     # -- spooling and replay ------------------------------------------------------------------
 

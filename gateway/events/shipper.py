@@ -262,11 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     # comes first; the closed loop kept 83.8% of logging off over 16 gateway starts, against
     # 80.2% at the gateway's own priority, with the shipper keeping up and Kafka confirming
     # every event (docs/benchmarks/logging-cost.md, twenty-fourth session). Starved (every core
-    # busy for long), it falls behind rather than slowing answers. Its stall detection discounts
-    # the time it woke late, not the time it was descheduled mid-work: once, crowded on the
-    # loop-alone layout's other core, it took a healthy broker for a slow one and spooled
-    # 0.31% of a run's events (replayed; run-loop-cpu0-ca984be-2.json). What waits sits in its
-    # socket and the gateway's write buffer (EventShipper.max_buffer_bytes, then counted as
+    # busy for long), it falls behind rather than slowing answers; its stall detection does not
+    # count the time it waits for a core against Kafka (EventLogger._watch). What waits sits in
+    # its socket and the gateway's write buffer (EventShipper.max_buffer_bytes, then counted as
     # unshipped), then in its queue and spool (docs/events.md, kafka.shipper_nice).
     if hasattr(os, "sched_setscheduler"):  # Linux
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

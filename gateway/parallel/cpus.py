@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 
@@ -29,6 +30,16 @@ def pin_process(cpus: Iterable[int], pid: int | None = None) -> None:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:
             pass  # the thread ended meanwhile
+
+
+def run_queue_wait(thread: str = "thread-self") -> float | None:
+    """Seconds so far that a thread was ready to run but waited for a core (the scheduler's
+    run-queue delay, /proc/<thread>/schedstat; "<pid>/task/<pid>" is a process's main thread):
+    time it lost to whatever shared its core. None where the kernel keeps no schedstats."""
+    try:
+        return int(Path(f"/proc/{thread}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
