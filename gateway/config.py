@@ -31,16 +31,20 @@ class ServerConfig(_Strict):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger bodies get 413")
     max_rows: int = Field(10_000, ge=1, description="rows in one request; more get 400")
     instance_id: str | None = Field(None, description="names this process in events; default host-pid")
-    loop_cpus: list[int] | None = Field(None, description="CPUs the request loop has to itself; workers and the "
-                                                          "event shipper run on the other CPUs (gateway.parallel.cpus)")
+    loop_cpus: list[int] | Literal["auto"] | None = Field(
+        None, description="CPUs the request loop has to itself; workers and the event shipper run on the other "
+                          "CPUs; auto: the first CPU this process may use, if it may use two or more "
+                          "(gateway.parallel.cpus)")
 
     @field_validator("loop_cpus")
     @classmethod
-    def _cpus_left_for_the_rest(cls, cpus: list[int] | None) -> list[int] | None:
+    def _cpus_left_for_the_rest(cls, cpus: list[int] | str | None) -> list[int] | str | None:
         if cpus is None:
             return None
         if not hasattr(os, "sched_setaffinity"):
             raise ValueError("needs Linux (sched_setaffinity); remove the key on this system")
+        if cpus == "auto":
+            return cpus  # resolved at start-up, on the CPUs the gateway may use then (CpuLayout.of)
         if not cpus:
             raise ValueError("give at least one CPU, or remove the key to let the scheduler place the loop")
         allowed = allowed_cpus()

@@ -191,6 +191,8 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, config
         if cpus.loop is not None:
             log.info("request loop on CPU %s; workers and event shipper on CPU %s",
                      ",".join(map(str, cpus.loop)), ",".join(map(str, cpus.others)))
+        elif config.server.loop_cpus == "auto":
+            log.info("server.loop_cpus is auto, but this process may use one CPU: the scheduler places every process")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.parallel import cpus
 from gateway.models.demo import sample_wines
 from loadtests.host import process_tree
 from loadtests.logging_cost import part_of
@@ -23,11 +24,13 @@ def _cpus_of_every_thread(pid: int) -> set[frozenset[int]]:
 
 
 @pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs this process may use")
+@pytest.mark.parametrize("loop_cpus", [[ALLOWED[0]], "auto"])
 def test_the_loop_has_its_cpu_to_itself_and_workers_and_shipper_the_rest(
-        demo_repository, kafka_bootstrap, unique_topic, start_gateway):
+        demo_repository, kafka_bootstrap, unique_topic, start_gateway, loop_cpus):
+    """Given, or "auto" (the first CPU the gateway may use)."""
     loop, others = ALLOWED[0], frozenset(ALLOWED[1:])
     config = gateway_config(demo_repository, kafka_bootstrap, unique_topic)
-    gateway = start_gateway({**config, "server": {"loop_cpus": [loop]}})
+    gateway = start_gateway({**config, "server": {"loop_cpus": loop_cpus}})
     request = urllib.request.Request(gateway.url + "/v2/models/wine/infer", infer_body(sample_wines("train", 1)),
                                      {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as answer:
@@ -42,7 +45,14 @@ def test_the_loop_has_its_cpu_to_itself_and_workers_and_shipper_the_rest(
     assert f"request loop on CPU {loop}; workers and event shipper on CPU" in gateway.log()
 
 
-def _config_with_loop_cpus(tmp_path, cpus: list[int]):
+@pytest.mark.parametrize("allowed, loop, others", [({2, 3, 5}, (2,), (3, 5)), ({4}, None, None)])
+def test_auto_gives_the_loop_the_first_cpu_the_gateway_may_use_if_any_are_left(monkeypatch, allowed, loop, others):
+    """A container's cpuset need not start at CPU 0; on a single CPU nothing is pinned."""
+    monkeypatch.setattr(cpus, "allowed_cpus", lambda: allowed)
+    assert cpus.CpuLayout.of("auto") == cpus.CpuLayout(loop, others)
+
+
+def _config_with_loop_cpus(tmp_path, cpus: list[int] | str):
     path = tmp_path / "gateway.yaml"
     path.write_text("models:\n  wine:\n    versions: {1: {}}\n    route: {policy: shadow, champion: 1}\n"
                     f"server:\n  loop_cpus: {cpus}\n")
@@ -53,6 +63,7 @@ def _config_with_loop_cpus(tmp_path, cpus: list[int]):
     ([max(ALLOWED) + 1], f"CPU {max(ALLOWED) + 1} is not one this process may run on"),
     (ALLOWED, "leaves no CPU for the model workers and the event shipper"),
     ([], "give at least one CPU, or remove the key"),
+    ("any", "auto"),
 ])
 def test_loop_cpus_the_gateway_cannot_use_fail_at_start_up(tmp_path, cpus, hint):
     path = _config_with_loop_cpus(tmp_path, cpus)

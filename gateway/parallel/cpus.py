@@ -3,10 +3,11 @@
 The request loop is the process that saturates first. Whatever else the scheduler puts on its
 core (the model workers, the event shipper, on a shared host a load generator or a broker)
 takes time from it. With `loop_cpus` set, the loop has those CPUs to itself; the workers and the
-shipper run on the other CPUs the gateway may use. Unset, the scheduler places every process.
-On 2 cores with event logging on, the loop waited for its core about 0.04 cores' worth of time
-with every process free and 0.004 with its own core; logging's throughput cost stayed about
-the same, because what is left is the loop's own work (docs/benchmarks/logging-cost.md).
+shipper run on the other CPUs the gateway may use ("auto": the first of them is the loop's).
+Unset, the scheduler places every process.
+On 2 cores with event logging on, the loop waited for its core about 0.05 cores' worth of time
+with every process free and 0.005 with its own core, and kept 90.8% of its throughput with
+logging off (32 gateway starts) against about 83% (docs/benchmarks/logging-cost.md).
 """
 from __future__ import annotations
 
@@ -49,8 +50,14 @@ class CpuLayout:
     others: tuple[int, ...] | None = None
 
     @classmethod
-    def of(cls, loop_cpus: Iterable[int] | None) -> "CpuLayout":
-        """The layout for config `server.loop_cpus` (validated there against `allowed_cpus()`)."""
+    def of(cls, loop_cpus: Iterable[int] | str | None) -> "CpuLayout":
+        """The layout for config `server.loop_cpus` (validated there against `allowed_cpus()`).
+        "auto" takes the first CPU the gateway may use, so one config serves any cpuset (a
+        container's CPUs are not always numbered from 0); with a single CPU there is none to
+        give the loop alone, and the scheduler places every process."""
+        if loop_cpus == "auto":
+            allowed = sorted(allowed_cpus())
+            loop_cpus = allowed[:1] if len(allowed) > 1 else None
         if loop_cpus is None:
             return cls()
         loop = set(loop_cpus)
