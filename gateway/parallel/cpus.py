@@ -7,7 +7,7 @@ shipper run on the other CPUs the gateway may use ("auto": the first of them is 
 Unset, the scheduler places every process.
 On 2 cores with event logging on, the loop waited for its core about 0.05 cores' worth of time
 with every process free and 0.005 with its own core, and kept 90.8% of its throughput with
-logging off (32 gateway starts) against about 83% (docs/benchmarks/logging-cost.md).
+logging off (32 gateway starts) against 84.8% (docs/benchmarks/logging-cost.md).
 """
 from __future__ import annotations
 
