@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from gateway.config import ConfigError, load_config
-from gateway.parallel import cpus
+from gateway.parallel.cpus import CpuLayout
 from gateway.models.demo import sample_wines
 from loadtests.host import process_tree
 from loadtests.logging_cost import part_of
@@ -48,8 +48,8 @@ def test_the_loop_has_its_cpu_to_itself_and_workers_and_shipper_the_rest(
 @pytest.mark.parametrize("allowed, loop, others", [({2, 3, 5}, (2,), (3, 5)), ({4}, None, None)])
 def test_auto_gives_the_loop_the_first_cpu_the_gateway_may_use_if_any_are_left(monkeypatch, allowed, loop, others):
     """A container's cpuset need not start at CPU 0; on a single CPU nothing is pinned."""
-    monkeypatch.setattr(cpus, "allowed_cpus", lambda: allowed)
-    assert cpus.CpuLayout.of("auto") == cpus.CpuLayout(loop, others)
+    monkeypatch.setattr("gateway.parallel.cpus.allowed_cpus", lambda: allowed)
+    assert CpuLayout.of("auto") == CpuLayout(loop, others)
 
 
 def _config_with_loop_cpus(tmp_path, cpus: list[int] | str):

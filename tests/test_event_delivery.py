@@ -21,6 +21,7 @@ from gateway.events.logger import EventLogger
 from gateway.events.records import FIELDS, sampled
 from gateway.events.spool import DiskSpool, WireRecord
 from gateway.models.demo import sample_wines
+from gateway.parallel.cpus import allowed_cpus, pin_process
 from loadtests.host import process_tree
 from loadtests.logging_cost import part_of
 from tests.conftest import ROOT, gateway_config, metric, read_topic
@@ -360,8 +361,9 @@ async def test_a_shipper_waiting_for_a_core_mid_work_does_not_spool(unique_topic
 
     async def confirmed_after_4_s(wires: list[WireRecord]) -> list[tuple[asyncio.Future, list[WireRecord]]]:
         confirmed = loop.create_future()
-        timers.append(threading.Timer(4.0, loop.call_soon_threadsafe, (confirmed.set_result, None)))
-        timers[-1].start()
+        timer = threading.Timer(4.0, loop.call_soon_threadsafe, (confirmed.set_result, None))
+        timer.start()
+        timers.append(timer)
         return [(confirmed, wires)]
 
     async def busy() -> None:  # always ready to run, like a shipper with a backlog
@@ -383,12 +385,13 @@ async def test_a_shipper_waiting_for_a_core_mid_work_does_not_spool(unique_topic
 @contextlib.contextmanager
 def _sharing_one_core_with_busy_processes(count: int):
     """This thread and `count` processes that spin, all on one CPU, all at this process's priority."""
-    cpu, allowed = min(os.sched_getaffinity(0)), os.sched_getaffinity(0)
+    allowed = allowed_cpus()
+    cpu = min(allowed)
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
     try:
         for spinner in spinners:
-            os.sched_setaffinity(spinner.pid, {cpu})
-        os.sched_setaffinity(0, {cpu})
+            pin_process({cpu}, spinner.pid)
+        os.sched_setaffinity(0, {cpu})  # this thread only: the event loop's, which runs the logger
         yield
     finally:
         os.sched_setaffinity(0, allowed)
