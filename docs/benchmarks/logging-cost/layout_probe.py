@@ -13,6 +13,12 @@ Run it in place, from the project root (earlier sessions copied it into loadtest
     deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py pinned 16 <out.json>
     deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py away 16 <out.json>
     deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py alone 12 <out.json>
+
+A fourth argument names the layout to compare against in place of `free` (twenty-sixth
+session: `alone` against `away`, the load generator and the broker on CPU 1 in both, so only
+the gateway's own placement differs):
+
+    deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py alone 16 <out.json> away
 """
 from __future__ import annotations
 
@@ -55,7 +61,8 @@ def place(layout: str, gateway_pid: int, kafka_pid: int) -> None:
 
 def main() -> None:
     layout, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    sides = [("off", "free"), ("on", "free"), ("off", layout), ("on", layout)]
+    baseline = sys.argv[4] if len(sys.argv) > 4 else "free"
+    sides = [("off", baseline), ("on", baseline), ("off", layout), ("on", layout)]
     with servers.kafka_broker() as (bootstrap, kafka_pid), ExitStack() as stack:
         gws, _ = warm_gateways(stack, bootstrap, kafka_pid)
         print("quiet", host.wait_for_quiet(max_wait_s=30), flush=True)
@@ -76,7 +83,7 @@ def main() -> None:
         print("delivered", (after.get("delivered", 0) - before.get("delivered", 0)) / answered,
               "spooled", after.get("spooled", 0) - before.get("spooled", 0), flush=True)
     Path(out).write_bytes(orjson.dumps(results))
-    for where in ("free", layout):
+    for where in (baseline, layout):
         pairs = [{"off": r[f"off-{where}"], "on": r[f"on-{where}"]} for r in results
                  if kept_up_with(r[f"on-{where}"]["shipped"])
                  and max(r[f"off-{where}"]["cpu"]["steal"], r[f"on-{where}"]["cpu"]["steal"]) <= MAX_STEAL]
@@ -87,6 +94,10 @@ def main() -> None:
               f"on {median('on', lambda v: v['us_per_request']['gateway'])}, loop waiting "
               f"off {median('off', lambda v: v['cpu'].get('loop_waiting') or 0)} "
               f"on {median('on', lambda v: v['cpu'].get('loop_waiting') or 0)}", flush=True)
+    for logging in ("off", "on"):  # all rounds: a layout's own speed, not logging's cost
+        print(f"logging {logging}: {layout} over {baseline}, pooled over the rounds "
+              f"{sum(r[f'{logging}-{layout}']['achieved_rate'] for r in results) / sum(r[f'{logging}-{baseline}']['achieved_rate'] for r in results):.1%}",
+              flush=True)
 
 
 if __name__ == "__main__":
