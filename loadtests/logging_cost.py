@@ -50,7 +50,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from scipy import stats
 
-from gateway.parallel.cpus import pin_process
+from gateway.parallel.cpus import CpuLayout, pin_process
 from loadtests import host, report, servers
 from loadtests.run import RunSettings, execute
 
@@ -67,13 +67,27 @@ SIDES = ("off", "on")  # logging off (no Kafka at all), logging every answer
 
 def demo_gateway(kafka_bootstrap: str | None, spool_dir: str, kafka_settings: dict[str, Any],
                  source: Path = servers.ROOT, shadow: bool = True,
-                 log_sample_rate: float | None = None, loop_cpus: list[int] | None = None) -> servers.Server:
+                 log_sample_rate: float | None = None,
+                 loop_cpus: list[int] | str | None = servers.AS_IN_DEMO) -> servers.Server:
     """The demo gateway, logging on or off, its spool in `spool_dir`: with its shadow challenger
     (two events per request) unless `shadow` is false (champion only, one event per request);
     `log_sample_rate`, if given, in place of the demo's own; `loop_cpus`, its `server.loop_cpus`."""
     return servers.gateway(kafka_bootstrap=kafka_bootstrap, shadow=shadow, log_sample_rate=log_sample_rate,
                            kafka_settings={**kafka_settings, "spool": {"directory": spool_dir}}, source=source,
                            loop_cpus=loop_cpus)
+
+
+def loop_placement(given: str | None) -> list[int] | None:
+    """The request loop's CPUs for `--loop-cpus`, resolved as the gateways will resolve them (they
+    start with this harness's CPUs): "CPU[,CPU...]" as given, "auto" the first CPU if there are
+    two or more, "free" none (every process left to the scheduler); not given, what
+    config/demo.yaml's `server.loop_cpus` says."""
+    if given is None:
+        value = (yaml.safe_load(servers.DEMO_CONFIG.read_text()).get("server") or {}).get("loop_cpus")
+    else:
+        value = given if given in ("free", "auto") else [int(c) for c in given.split(",")]
+    loop = CpuLayout.of(None if value == "free" else value).loop
+    return list(loop) if loop else None
 
 
 def keep_off_the_loop(loop_cpus: list[int], kafka_pid: int) -> list[int]:
@@ -210,7 +224,8 @@ def warm_broker(server: servers.Server, kafka_pid: int, rate: float, max_seconds
 def warm_gateways(stack: ExitStack, bootstrap: str, kafka_pid: int | None,
                   trees: dict[str, Path | None] | None = None, kafka_settings: dict[str, Any] | None = None,
                   shadow: bool = True, rate: float = 1200.0, warmup: float = 40.0,
-                  loop_cpus: list[int] | None = None) -> tuple[dict[str, servers.Server], dict[str, Any] | None]:
+                  loop_cpus: list[int] | str | None = servers.AS_IN_DEMO,
+                  ) -> tuple[dict[str, servers.Server], dict[str, Any] | None]:
     """The demo gateways a comparison runs, one per name in `trees` (None: the project's own,
     logging off, no Kafka; a path: that source tree's, logging to `bootstrap`; by default "off"
     and "on" of the project's own), each with a spool of its own and ended by `stack`; then the
@@ -357,17 +372,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     slices: list[dict[str, Any]] = []
     tally: dict[str, float] = {}  # what the "on" gateways counted in their lives, all starts
     failures: list[str] = []
+    loop_cpus = loop_placement(args.loop_cpus)
     with servers.kafka_broker() as (bootstrap, kafka_pid):
         if kafka_pid is None:
             raise SystemExit("the Kafka broker must run on this machine (its CPU is part of the cost)")
-        if args.loop_cpus is not None:
-            print(f"request loops on CPU {args.loop_cpus}; this harness, its load generators and the broker on CPU "
-                  f"{keep_off_the_loop(args.loop_cpus, kafka_pid)}", flush=True)
+        if loop_cpus is None:
+            print("every process free: the gateways' request loops share the CPUs with everything else", flush=True)
+        else:
+            print(f"request loops on CPU {loop_cpus}; this harness, its load generators and the broker on CPU "
+                  f"{keep_off_the_loop(loop_cpus, kafka_pid)}", flush=True)
         for start in range(args.starts):
             with ExitStack() as stack:  # both gateways stopped at the end of their start
                 gateways, warmed = warm_gateways(stack, bootstrap, kafka_pid, kafka_settings=kafka_settings,
                                                  shadow=not args.champion_only, rate=args.rate,
-                                                 warmup=args.broker_warmup if start == 0 else 0, loop_cpus=args.loop_cpus)
+                                                 warmup=args.broker_warmup if start == 0 else 0, loop_cpus=loop_cpus)
                 if start == 0:
                     warm = warmed
                     quiet = host.wait_for_quiet(max_wait_s=args.quiet_wait) if args.quiet_wait else None
@@ -395,7 +413,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               f"the 'on' gateways gave", flush=True)
         for line in failures:
             print(f"  {line}", flush=True)
-    return {"settings": vars(args), "machine": host.describe_machine(), "broker_warmup": warm, "quiet": quiet,
+    return {"settings": vars(args), "loop_cpus": loop_cpus, "machine": host.describe_machine(),
+            "broker_warmup": warm, "quiet": quiet,
             "rounds": rounds, "slices": slices, "delivery_after_slices": delivery, "delivery_failures": failures,
             "summary": summarise(rounds, slices, delivery)}
 
@@ -452,9 +471,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a `kafka:` setting of the config (e.g. linger_ms=100), both sides")
     parser.add_argument("--champion-only", action="store_true",
                         help="both sides without the demo's shadow challenger: one event per request, not two")
-    parser.add_argument("--loop-cpus", type=lambda text: [int(c) for c in text.split(",")], metavar="CPU[,CPU...]",
-                        help="both gateways with server.loop_cpus set to these CPUs, and this harness, its load "
-                        "generators and the broker kept off them (keep_off_the_loop); default: every process free")
+    parser.add_argument("--loop-cpus", metavar="CPU[,CPU...]|auto|free",
+                        help="both gateways with server.loop_cpus set to these CPUs (auto: the first CPU, as the "
+                        "gateway resolves it; free: unset, every process left to the scheduler), and this harness, "
+                        "its load generators and the broker kept off them (keep_off_the_loop); default: as "
+                        "config/demo.yaml sets server.loop_cpus")
     parser.add_argument("--out", help="also write every figure here (JSON)")
     parser.add_argument("--summarise", metavar="JSON", nargs="+",
                         help="measure nothing: apply this version's verdict to runs' figures written by --out "

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "config" / "demo.yaml"
 MODELS = ROOT / "models"
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
+AS_IN_DEMO = "as in config/demo.yaml"  # a `loop_cpus` argument that leaves the demo's server.loop_cpus as it is
 
 
 def free_port() -> int:
@@ -139,14 +140,14 @@ def ceiling() -> Server:
 
 def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
                    kafka_settings: dict[str, Any] | None = None, log_sample_rate: float | None = None,
-                   loop_cpus: list[int] | None = None) -> dict[str, Any]:
+                   loop_cpus: list[int] | str | None = AS_IN_DEMO) -> dict[str, Any]:
     """config/demo.yaml adapted for a benchmark run (see the module docstring); `kafka_settings`
     override keys of its `kafka:` section, `log_sample_rate` (if given) every model's own,
-    `loop_cpus` (if given) sets `server.loop_cpus`."""
+    `loop_cpus` (unless AS_IN_DEMO) sets `server.loop_cpus` (None: unset, every process free)."""
     config = yaml.safe_load(DEMO_CONFIG.read_text())
     config.setdefault("server", {})["port"] = port
     config["server"]["host"] = "127.0.0.1"
-    if loop_cpus is not None:
+    if loop_cpus != AS_IN_DEMO:
         config["server"]["loop_cpus"] = loop_cpus
     config["model_repository"] = str(MODELS)
     kafka = config.setdefault("kafka", {})
@@ -163,7 +164,7 @@ def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
 
 
 def gateway(*, kafka_bootstrap: str | None = None, shadow: bool = False, kafka_settings: dict[str, Any] | None = None,
-            log_sample_rate: float | None = None, loop_cpus: list[int] | None = None, source: Path = ROOT,
+            log_sample_rate: float | None = None, loop_cpus: list[int] | str | None = AS_IN_DEMO, source: Path = ROOT,
             wrapper: tuple[str, ...] = ()) -> Server:
     """The demo gateway (`gateway_config`); `source` is the source tree it runs (a git worktree,
     to compare builds); `wrapper`, a command it runs under (valgrind, to count the loop's instructions)."""

@@ -17,6 +17,7 @@ from typing import AsyncIterator
 import numpy as np
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 
 from loadtests import histograms, host, servers
@@ -410,6 +411,26 @@ def test_a_benchmark_gateway_can_sample_its_events_at_a_given_rate() -> None:
     assert [model["log_sample_rate"] for model in models[0].values()] == [1.0]  # the demo's own
     assert [model["log_sample_rate"] for model in models[1].values()] == [0.1]
     assert models[1]["wine"]["route"] == models[0]["wine"]["route"]  # the shadow stays
+
+
+def test_a_benchmark_gateway_keeps_the_demos_loop_placement_unless_given_one() -> None:
+    with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
+        placed = [stack.push(servers.gateway(**kwargs)).description["config"]["server"]
+                  for kwargs in ({}, {"loop_cpus": None}, {"loop_cpus": [1]})]
+    demo = yaml.safe_load(servers.DEMO_CONFIG.read_text())["server"].get("loop_cpus")
+    assert [placed[0].get("loop_cpus"), placed[1]["loop_cpus"], placed[2]["loop_cpus"]] == [demo, None, [1]]
+
+
+def test_logging_cost_places_the_loop_as_the_demo_config_says_unless_told(tmp_path: Path, monkeypatch) -> None:
+    from loadtests.logging_cost import loop_placement
+
+    monkeypatch.setattr("gateway.parallel.cpus.allowed_cpus", lambda: {2, 3, 5})  # a container's cpuset
+    monkeypatch.setattr(servers, "DEMO_CONFIG", tmp_path / "demo.yaml")
+    servers.DEMO_CONFIG.write_text("server:\n  loop_cpus: auto\n")
+    assert [loop_placement(None), loop_placement("auto"), loop_placement("free"), loop_placement("3,5")] == \
+        [[2], [2], None, [3, 5]]
+    servers.DEMO_CONFIG.write_text("server:\n  port: 8080\n")  # unset: every process free
+    assert loop_placement(None) is None
 
 
 def test_logging_cost_says_how_far_the_ratio_may_move_when_pairs_disagree() -> None:

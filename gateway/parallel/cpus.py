@@ -4,10 +4,11 @@ The request loop is the process that saturates first. Whatever else the schedule
 core (the model workers, the event shipper, on a shared host a load generator or a broker)
 takes time from it. With `loop_cpus` set, the loop has those CPUs to itself; the workers and the
 shipper run on the other CPUs the gateway may use ("auto": the first of them is the loop's).
-Unset, the scheduler places every process.
+Unset, the scheduler places every process; config/demo.yaml sets "auto".
 On 2 cores with event logging on, the loop waited for its core about 0.05 cores' worth of time
-with every process free and 0.005 with its own core, and kept 90.8% of its throughput with
-logging off (32 gateway starts) against 84.8% (docs/benchmarks/logging-cost.md).
+with every process free and 0.005 with its own core; logging on kept 90.8% of logging off's
+throughput (32 gateway starts) against 84.8%, and the layout was itself 1.7% faster with
+logging off, 7.0% with it on (docs/benchmarks/logging-cost.md).
 """
 from __future__ import annotations
 
