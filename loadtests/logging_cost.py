@@ -84,9 +84,11 @@ def loop_placement(given: str | None) -> list[int] | None:
     config/demo.yaml's `server.loop_cpus` says."""
     if given is None:
         value = (yaml.safe_load(servers.DEMO_CONFIG.read_text()).get("server") or {}).get("loop_cpus")
+    elif given == "free":
+        value = None
     else:
-        value = given if given in ("free", "auto") else [int(c) for c in given.split(",")]
-    loop = CpuLayout.of(None if value == "free" else value).loop
+        value = given if given == "auto" else [int(c) for c in given.split(",")]
+    loop = CpuLayout.of(value).loop
     return list(loop) if loop else None
 
 

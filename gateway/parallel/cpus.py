@@ -6,7 +6,7 @@ takes time from it. With `loop_cpus` set, the loop has those CPUs to itself; the
 shipper run on the other CPUs the gateway may use ("auto": the first of them is the loop's).
 Unset, the scheduler places every process; config/demo.yaml sets "auto".
 On 2 cores with event logging on, the loop waited for its core about 0.05 cores' worth of time
-with every process free and 0.005 with its own core; logging on kept 90.8% of logging off's
+with every process free and 0.005 with its own core; logging on kept 90.5% of logging off's
 throughput (32 gateway starts) against 84.8%, and the layout was itself 1.7% faster with
 logging off, 7.0% with it on (docs/benchmarks/logging-cost.md).
 """
