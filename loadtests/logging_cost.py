@@ -83,11 +83,13 @@ def loop_placement(given: str | None) -> list[int] | None:
     two or more, "free" none (every process left to the scheduler); not given, what
     config/demo.yaml's `server.loop_cpus` says."""
     if given is None:
-        value = (yaml.safe_load(servers.DEMO_CONFIG.read_text()).get("server") or {}).get("loop_cpus")
+        value = (servers.demo_config().get("server") or {}).get("loop_cpus")
     elif given == "free":
         value = None
+    elif given == "auto":
+        value = given
     else:
-        value = given if given == "auto" else [int(c) for c in given.split(",")]
+        value = [int(c) for c in given.split(",")]
     loop = CpuLayout.of(value).loop
     return list(loop) if loop else None
 

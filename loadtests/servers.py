@@ -138,13 +138,18 @@ def ceiling() -> Server:
                   {"server": "ceiling", "what": "bare aiohttp endpoint on uvloop returning a constant body"})
 
 
+def demo_config() -> dict[str, Any]:
+    """config/demo.yaml as written (its ${VAR:-default} placeholders unexpanded)."""
+    return yaml.safe_load(DEMO_CONFIG.read_text())
+
+
 def gateway_config(port: int, *, kafka_bootstrap: str | None, shadow: bool,
                    kafka_settings: dict[str, Any] | None = None, log_sample_rate: float | None = None,
                    loop_cpus: list[int] | str | None = AS_IN_DEMO) -> dict[str, Any]:
     """config/demo.yaml adapted for a benchmark run (see the module docstring); `kafka_settings`
     override keys of its `kafka:` section, `log_sample_rate` (if given) every model's own,
     `loop_cpus` (unless AS_IN_DEMO) sets `server.loop_cpus` (None: unset, every process free)."""
-    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    config = demo_config()
     config.setdefault("server", {})["port"] = port
     config["server"]["host"] = "127.0.0.1"
     if loop_cpus != AS_IN_DEMO:

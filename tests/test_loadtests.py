@@ -17,7 +17,6 @@ from typing import AsyncIterator
 import numpy as np
 import orjson
 import pytest
-import yaml
 from aiohttp import web
 
 from loadtests import histograms, host, servers
@@ -417,7 +416,7 @@ def test_a_benchmark_gateway_keeps_the_demos_loop_placement_unless_given_one() -
     with ExitStack() as stack:  # built, never started: the stack only removes their temporary files
         placed = [stack.push(servers.gateway(**kwargs)).description["config"]["server"]
                   for kwargs in ({}, {"loop_cpus": None}, {"loop_cpus": [1]})]
-    demo = yaml.safe_load(servers.DEMO_CONFIG.read_text())["server"].get("loop_cpus")
+    demo = servers.demo_config()["server"].get("loop_cpus")
     assert [placed[0].get("loop_cpus"), placed[1]["loop_cpus"], placed[2]["loop_cpus"]] == [demo, None, [1]]
 
 
