@@ -19,6 +19,10 @@ session: `alone` against `away`, the load generator and the broker on CPU 1 in b
 the gateway's own placement differs):
 
     deploy/with-kafka.sh .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py alone 16 <out.json> away
+
+and `pool` gives one layout over the other, logging off and on, over all rounds of several runs:
+
+    .venv/bin/python docs/benchmarks/logging-cost/layout_probe.py pool alone away docs/benchmarks/logging-cost/alone-vs-away-2c81513-*.json
 """
 from __future__ import annotations
 
@@ -59,7 +63,21 @@ def place(layout: str, gateway_pid: int, kafka_pid: int) -> None:
         keep_off_the_loop([0], kafka_pid)
 
 
+def layout_over_baseline(results: list[dict], layout: str, baseline: str) -> None:
+    """Prints `layout`'s throughput over `baseline`'s, logging off and on, over all rounds (a
+    layout's own speed, not logging's cost): the pooled ratio and its paired bootstrap interval,
+    the baseline's slices standing as "off" and the layout's as "on"."""
+    for logging in ("off", "on"):
+        pairs = [{"off": r[f"{logging}-{baseline}"], "on": r[f"{logging}-{layout}"]} for r in results]
+        print(f"logging {logging}: {layout} over {baseline}, pooled over the {len(pairs)} rounds "
+              f"{pooled_ratio(pairs):.1%} {pooled_ratio_interval(pairs)}", flush=True)
+
+
 def main() -> None:
+    if sys.argv[1] == "pool":
+        layout, baseline, files = sys.argv[2], sys.argv[3], sys.argv[4:]
+        layout_over_baseline([r for f in files for r in orjson.loads(Path(f).read_bytes())], layout, baseline)
+        return
     layout, rounds, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     baseline = sys.argv[4] if len(sys.argv) > 4 else "free"
     sides = [("off", baseline), ("on", baseline), ("off", layout), ("on", layout)]
@@ -94,10 +112,7 @@ def main() -> None:
               f"on {median('on', lambda v: v['us_per_request']['gateway'])}, loop waiting "
               f"off {median('off', lambda v: v['cpu'].get('loop_waiting') or 0)} "
               f"on {median('on', lambda v: v['cpu'].get('loop_waiting') or 0)}", flush=True)
-    for logging in ("off", "on"):  # all rounds: a layout's own speed, not logging's cost
-        print(f"logging {logging}: {layout} over {baseline}, pooled over the rounds "
-              f"{sum(r[f'{logging}-{layout}']['achieved_rate'] for r in results) / sum(r[f'{logging}-{baseline}']['achieved_rate'] for r in results):.1%}",
-              flush=True)
+    layout_over_baseline(results, layout, baseline)
 
 
 if __name__ == "__main__":
