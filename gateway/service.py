@@ -99,14 +99,12 @@ class ScoringService:
 
     def _log(self, deployed: DeployedModel, version: str, role: str, plan: Plan, reason: str, request_id: str,
              request: InferRequest, outcome: Outcome, action: Action | None) -> None:
-        self.events.log({  # records.FIELDS, in its order
-            "ts_ms": time.time_ns() // 1_000_000, "request_id": request_id, "gateway_instance": self.instance,
-            "model_name": deployed.name, "model_version": version, "role": role, "route": plan.policy, "arm": version,
-            "reason": reason, "served": version == plan.serve and role != "challenger", "status": outcome.status,
-            "error": outcome.error, "action": action,
-            "latency_ms": int(outcome.latency_ms * 1000) / 1000,  # to the µs; round() costs 3x
-            "sample_rate": deployed.log_sample_rate,
-        }, request, outcome.prediction)
+        self.events.log((  # records.FIELDS' values, in its order (a tuple: the loop builds no dict per event)
+            time.time_ns() // 1_000_000, request_id, self.instance, deployed.name, version, role, plan.policy, version,
+            reason, version == plan.serve and role != "challenger", outcome.status, outcome.error, action,
+            int(outcome.latency_ms * 1000) / 1000,  # to the µs; round() costs 3x
+            deployed.log_sample_rate,
+        ), request, outcome.prediction)
 
     async def infer(self, name: str, version: str | None, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
         deployed = self.model(name)

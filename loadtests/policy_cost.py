@@ -1,8 +1,8 @@
 """What routing and logging add to each request in the gateway's loop: `plan()` of every policy,
 remembering the prediction for the feedback join, and handing the two scoring events of a
-shadowed request to the event shipper (what `_log` and the 2 ms flush do: the meta dicts, each
-event serialised around the workers' scoring logs, 100 requests a frame; with hot caches, so a
-floor); and what the shipper then spends
+shadowed request to the event shipper (what `_log` and the 2 ms flush do: a row of fields per
+event kept beside the workers' scoring logs, the rows of 100 requests serialised in one call
+and framed; with hot caches, so a floor); and what the shipper then spends
 building their Kafka records. Timed in process (`python -m loadtests.policy_cost`), microseconds
 per call."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 
 from gateway.codecs.v2 import InferRequest
 from gateway.config import ROUTE
-from gateway.events.handover import frame, serialised, wires_from_batches
-from gateway.events.records import event_fields, new_id
+from gateway.events.handover import frame, log_of, wires_from_batches
+from gateway.events.records import event_row, new_id, rows_json
 from gateway.experiments.tracker import ExperimentTracker
 from gateway.feedback.hub import FeedbackHub
 from gateway.feedback.store import PredictionStore
@@ -32,10 +32,10 @@ ROUTES = {
 }
 
 
-def shadowed_events(request_id: str, action: dict) -> list[tuple[str, dict]]:
-    """(version, fields) of a shadowed request's two events on the demo wine route, the fields
-    as gateway.service._log writes them (records.event_fields)."""
-    return [(version, event_fields(
+def shadowed_events(request_id: str, action: dict) -> list[tuple[str, tuple]]:
+    """(version, row) of a shadowed request's two events on the demo wine route, the rows (records.FIELDS'
+    values) as gateway.service._log writes them."""
+    return [(version, event_row(
         ts_ms=time.time_ns() // 1_000_000, request_id=request_id, gateway_instance="bench", model_name="wine",
         model_version=version, role=role, route="shadow", arm=version, reason="shadow", served=role == "champion",
         status="ok", error=None, action=action, latency_ms=int(1.2345 * 1000) / 1000, sample_rate=1.0))
@@ -71,12 +71,14 @@ def _shadowed(rows: np.ndarray, labels: dict[str, np.ndarray],
 
 def handed_over(count: int, row: np.ndarray, predictions: dict[str, Prediction], action: dict) -> bytes:
     """What the gateway's loop hands the shipper for `count` such requests (new ids): one frame."""
-    pending: list[bytes] = []
+    rows: list[tuple] = []
+    logs: list[bytes] = []
     for _ in range(count):
         request = InferRequest(new_id(), {"input": row}, 1)
-        for version, fields in shadowed_events(request.id, action):
-            pending += serialised(fields, request, predictions[version])
-    return frame(pending)
+        for version, event in shadowed_events(request.id, action):
+            rows.append(event)
+            logs.append(log_of(request, predictions[version]))
+    return frame(rows_json(rows), logs)
 
 
 def main(calls: int = 100_000) -> None:

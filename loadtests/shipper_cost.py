@@ -33,7 +33,7 @@ def settings(bootstrap: str, spool: str) -> dict[str, Any]:
 
 async def feed(shipper: Any, rate: float, duration: float, requests: list[tuple] | None = None) -> int:
     """Hands `shipper` (an EventShipper) the events of `rate` shadowed requests a second for
-    `duration` seconds, as the gateway's loop does (its fields and the workers' scoring logs,
+    `duration` seconds, as the gateway's loop does (its rows of fields and the workers' scoring logs,
     every 2 ms); how many requests it handed over. The requests are `requests` in turn
     ((rows, predictions, action) each, as policy_cost.shadowed_request gives one), or that one."""
     from gateway.codecs.v2 import InferRequest
@@ -47,8 +47,8 @@ async def feed(shipper: Any, rate: float, duration: float, requests: list[tuple]
             rows, predictions, action = requests[sent % len(requests)]
             request_id = new_id()
             request = InferRequest(request_id, {"input": rows}, len(rows))
-            for version, fields in shadowed_events(request_id, action):
-                shipper.log(fields, request, predictions[version])
+            for version, row in shadowed_events(request_id, action):
+                shipper.log(row, request, predictions[version])
             sent += 1
         await asyncio.sleep(0.002)
     return sent

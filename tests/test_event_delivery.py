@@ -137,7 +137,10 @@ async def test_events_spooled_before_a_sigkill_are_delivered_after_the_restart(
 
 async def test_records_validate_against_the_schema_carry_cloudevents_headers_and_kcat_reads_them(
         demo_repository, kafka_bootstrap, unique_topic, start_gateway):
-    gateway = start_gateway(gateway_config(demo_repository, kafka_bootstrap, unique_topic))
+    config = gateway_config(demo_repository, kafka_bootstrap, unique_topic)
+    config["server"] = {"instance_id": "gw-schema"}
+    gateway = start_gateway(config)
+    started_ms = time.time_ns() // 1_000_000
     answers = await post_all(f"{gateway.url}/v2/models/wine/infer",
                              [infer_body(sample_wines("drift", 2, seed=i), f"schema-{i}") for i in range(20)])
     async with aiohttp.ClientSession() as session:  # a direct call and a failing request too
@@ -149,10 +152,21 @@ async def test_records_validate_against_the_schema_carry_cloudevents_headers_and
     action = FIELDS.index("action")
     for key, event, message in records:
         validator.validate(event)
-        # The gateway writes records.FIELDS in its order (the shipper parses only the head, the
-        # drift consumer's fast path finds the tensors before the action)
+        # records.FIELDS in its order, the tensors before the action (the drift consumer's fast path)
         assert list(event) == ["schema_version", "event_id", "timestamp", *FIELDS[:action], "inputs", "outputs",
                                *FIELDS[action:]]
+        # Each value in its own field: the gateway hands them over by position (records.FIELDS)
+        direct = event["request_id"] == "direct-1"
+        role = "direct" if direct else event["role"]
+        version = {"direct": "2", "champion": "1", "challenger": "2"}[role]
+        assert (event["gateway_instance"], event["model_name"], event["model_version"], event["arm"]) == (
+            "gw-schema", "wine", version, version)
+        assert (event["role"], event["route"], event["reason"], event["served"]) == {
+            "direct": ("direct", "direct", "direct", True), "champion": ("champion", "shadow", "champion", True),
+            "challenger": ("challenger", "shadow", "shadow", False)}[role]
+        assert (event["status"], event["error"], event["sample_rate"]) == ("ok", None, 1.0)
+        assert event["action"]["model_version"] == ("2" if direct else "1") and list(event["action"]["outputs"]) == ["label"]
+        assert started_ms <= event["ts_ms"] <= time.time_ns() // 1_000_000 and 0 < event["latency_ms"] < 60_000
         headers = {k: v.decode() for k, v in message.headers}
         assert headers["ce_specversion"] == "1.0" and headers["ce_id"] == event["event_id"]
         assert headers["ce_type"] == "dev.scoring-gateway.scoring.v1" and headers["ce_time"] == event["timestamp"]

@@ -20,10 +20,10 @@ from aiokafka.record.memory_records import MemoryRecords
 from gateway.events.logger import EventLogger, _append, _lz4_fast_level, use_fast_lz4
 from gateway.events.partitions import murmur2, partitions_of
 from gateway.codecs.v2 import InferRequest
-from gateway.events.handover import frame, serialised, wires_from_batches
+from gateway.events.handover import frame, log_of, wires_from_batches
 from gateway.codecs.datatypes import NUMPY_TO_V2
 from gateway.codecs.json_tensors import tensors_json
-from gateway.events.records import FIELDS, by_kind, event_fields, scoring_event
+from gateway.events.records import FIELDS, by_kind, event_row, rows_json, scoring_event
 from gateway.parallel.pool import Prediction, prediction_from
 from gateway.events.spool import DiskSpool, WireRecord
 from scorers.protocol import decode_arrays, encode, scoring_log, split_frames
@@ -80,8 +80,15 @@ def _loggable(fields: dict, arrays: dict, worker_log: bool = True) -> tuple:
     return fields, request, prediction
 
 
-def _handed_over(fields: dict, arrays: dict, worker_log: bool = True) -> tuple[bytes, bytes]:
-    return serialised(*_loggable(fields, arrays, worker_log))
+def _handed_over(fields: dict, arrays: dict, worker_log: bool = True) -> tuple[tuple, bytes]:
+    """What the loop keeps of one event: its row (records.FIELDS' values) and its scoring log."""
+    fields, request, prediction = _loggable(fields, arrays, worker_log)
+    return event_row(**fields), log_of(request, prediction)
+
+
+def _frame_of(events: list[tuple[tuple, bytes]]) -> bytes:
+    """The frame the loop writes for `events` (`_handed_over`'s)."""
+    return frame(rows_json([row for row, _ in events]), [log for _, log in events])
 
 
 def test_v2_tensors_are_written_as_a_plain_dict_per_tensor_writes_them():
@@ -109,7 +116,7 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
     failed = dict(_event(1, False)[0], status="error", error="model failed")  # no outputs
     cases.append((failed, {"inputs/input": _event(1, False)[1]["inputs/input"]}))
 
-    data = frame([part for i, (f, a) in enumerate(cases) for part in _handed_over(f, a, worker_log=i % 2 == 0)])
+    data = _frame_of([_handed_over(f, a, worker_log=i % 2 == 0) for i, (f, a) in enumerate(cases)])
     wires, used, broken = wires_from_batches(data + data[:40], "scoring.events")  # a batch cut short stays unread
     assert (used, broken) == (len(data), 0)
     assert len(wires) == len(cases)
@@ -126,26 +133,24 @@ def test_the_shippers_records_are_the_records_of_the_gateways_arrays():
         assert _without_id(wire) == _without_id(scoring_event(f, a))
 
 
-def test_event_fields_come_in_the_order_the_shipper_reads_fast_and_refuse_a_missing_or_unknown_name():
+def test_an_event_row_holds_the_fields_in_their_order_and_refuses_a_missing_or_unknown_name():
     fields, _ = _event(1, False)
     shuffled = dict(reversed(list(fields.items())))
-    assert list(event_fields(**shuffled)) == list(FIELDS)
+    assert event_row(**shuffled) == tuple(fields[name] for name in FIELDS)
     del shuffled["arm"]
     with pytest.raises(TypeError, match=r"missing \['arm'\]"):
-        event_fields(**shuffled)
+        event_row(**shuffled)
     with pytest.raises(TypeError, match=r"unknown \['armm'\]"):
-        event_fields(**fields, armm="2")
+        event_row(**fields, armm="2")
 
 
-def test_the_shipper_reads_key_and_headers_whatever_the_request_id_or_the_fields_order():
+def test_the_shipper_writes_key_headers_and_fields_whatever_the_request_id_holds():
     fields, arrays = _event(2, True)
-    fields["request_id"] = 'r,"role":"x\\",\u00e9"action":1'  # what the shipper looks for, inside the id
-    reordered = {k: fields[k] for k in reversed(fields)}  # a writer that ignores FIELDS' order
-    for f in (fields, reordered):
-        [wire], _, broken = wires_from_batches(frame(list(_handed_over(f, arrays))), "scoring.events")
-        topic, key, record, headers = _without_id(wire)
-        assert (broken, key, record) == (0, fields["request_id"].encode(), _plain_record(fields, arrays))
-        assert (headers["ce_source"], headers["model_version"]) == (b"/gateway/host-1", b"2")
+    fields["request_id"] = 'r,"role":"x\\",\u00e9"action":1]]'  # JSON's own syntax, inside the id
+    [wire], _, broken = wires_from_batches(_frame_of([_handed_over(fields, arrays)]), "scoring.events")
+    topic, key, record, headers = _without_id(wire)
+    assert (broken, key, record) == (0, fields["request_id"].encode(), _plain_record(fields, arrays))
+    assert (headers["ce_source"], headers["model_version"]) == (b"/gateway/host-1", b"2")
 
 
 class _Doubler:
@@ -171,10 +176,14 @@ def test_the_worker_writes_the_scoring_log_of_the_requests_the_gateway_logs():
 
 def test_an_event_the_shipper_cannot_build_is_dropped_alone_and_reported():
     good = _handed_over(*_event(2, True))
-    malformed = (orjson.dumps([{"ts_ms": 1}]), b"{}")  # not an event: a gateway bug
-    data = frame([*good, *malformed, *good])
+    malformed = ((1, "no-fields"), b"{}")  # not an event: a gateway bug
+    data = _frame_of([good, malformed, good])
     wires, used, broken = wires_from_batches(data, "scoring.events")
     assert (len(wires), broken, used) == (2, 1, len(data))
+    # rows and logs that do not pair up: the frame's events are dropped, the next frame's are not
+    unpaired = frame(rows_json([good[0]]), [good[1], good[1]])
+    wires, used, broken = wires_from_batches(unpaired + data, "scoring.events")
+    assert (len(wires), broken, used) == (2, 3, len(unpaired) + len(data))
 
 
 def test_split_frames_copies_unless_told_not_to():
@@ -235,7 +244,7 @@ def test_a_full_queue_sends_the_rest_of_a_burst_to_the_spool_in_order(tmp_path):
 def _frame(i: int) -> bytes:
     """Batches of one event, of varying size, the request id numbering them."""
     meta, arrays = _event(i % 7 + 1, i % 2 == 0)
-    return frame([*_handed_over({**meta, "request_id": str(i)}, arrays)])
+    return _frame_of([_handed_over({**meta, "request_id": str(i)}, arrays)])
 
 
 def test_the_shippers_inbox_hands_over_every_frame_in_order_in_bursts():
@@ -332,7 +341,8 @@ def test_the_shipper_gets_every_event_but_one_that_cannot_be_serialised_which_is
             _, shipper._writer = await asyncio.open_unix_connection(sock=ours)
             meta, arrays = _event(2, True)
             for i, error in enumerate([None, object(), None]):  # the second cannot be JSON
-                shipper.log(*_loggable({**meta, "request_id": str(i), "error": error}, arrays))
+                fields, request, prediction = _loggable({**meta, "request_id": str(i), "error": error}, arrays)
+                shipper.log(event_row(**fields), request, prediction)
             shipper._flush()
             await shipper._writer.drain()
             shipper._writer.close()

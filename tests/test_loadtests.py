@@ -551,6 +551,7 @@ def test_the_tail_probes_run_every_side_once_a_round_each_first_in_turn_and_repo
 
 
 def test_a_bystander_fed_the_standard_mix_hands_its_shipper_the_scenarios_batches_in_turn() -> None:
+    from gateway.events.records import FIELDS
     from loadtests.policy_cost import standard_mix
     from loadtests.shipper_cost import feed
 
@@ -564,8 +565,8 @@ def test_a_bystander_fed_the_standard_mix_hands_its_shipper_the_scenarios_batche
         def __init__(self) -> None:
             self.logged: list[tuple[str, int]] = []
 
-        def log(self, fields, request, prediction) -> None:
-            self.logged.append((fields["model_version"], request.rows))
+        def log(self, row, request, prediction) -> None:
+            self.logged.append((row[FIELDS.index("model_version")], request.rows))
 
     shipper = Shipper()
     sent = asyncio.run(feed(shipper, 2000.0, 0.05, requests))

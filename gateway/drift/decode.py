@@ -82,7 +82,7 @@ _MAX_TENSOR_HEADERS = 10_000
 INPUTS_KEY = b',"inputs":['
 MODEL_KEY = b',"model_name":"'
 PREFIX = b'{"schema_version":%d,"event_id":"' % EVENT_SCHEMA_VERSION
-PREFIX_KEYS = ["schema_version", "event_id", "timestamp", "ts_ms", "request_id"]
+PREFIX_KEYS = ["schema_version", "event_id", "timestamp", "ts_ms", "request_id", "gateway_instance"]
 TS_KEY, REQUEST_KEY = b',"ts_ms":', b',"request_id":"'
 ACTION_KEY = b',"action":'  # what follows `outputs` in the gateway's records
 DATA_KEY = b'"data":['
@@ -224,7 +224,7 @@ class _Skeleton:
     rows: int
     missing: tuple[tuple[str, bytes], ...]  # outputs the layout lacks, as nulls
     # From ',"model_name":"' to ',"inputs":[' (model, version, role, route, status, ...) when the
-    # fields before it are the gateway's own five (PREFIX ... request_id); None otherwise.
+    # fields before it are the gateway's own six (PREFIX ... gateway_instance); None otherwise.
     header: bytes | None = None
 
 
@@ -327,7 +327,7 @@ def _prefix_parts(values: list, references: ReferenceStore, layouts: Layouts, ts
     """The cheapest path, for records laid out exactly as the gateway writes them: no JSON
     parsing at all but of the numbers. The bytes from `"model_name"` to the last number must be
     a learned skeleton (which fixes model, version, status and tensors); before them only the
-    gateway's five fields may stand, of which `ts_ms` (digits) is read and the rest unused."""
+    gateway's six fields may stand, of which `ts_ms` (digits) is read and the rest unused."""
     handled = np.zeros(len(values), dtype=bool)
     try:
         model_at = np.fromiter(map(bytes.find, values, repeat(MODEL_KEY)), np.int64, len(values))

@@ -4,21 +4,24 @@ hands over what each record needs, the shipper, on the other core, makes the Kaf
 The request loop is the process that saturates first, so it does as little per event as it can.
 The worker that scores a request the gateway will log also writes its scoring log (inputs and
 outputs as the record holds them: scorers.protocol.scoring_log) on its own core, and sends it
-back with the answer. The loop writes the event's fields (records.FIELDS) in one orjson call
-(`serialised`), and every 2 ms writes the events since the last flush to the shipper's socket
-in one frame (`frame`). The shipper joins each event's parts into its Kafka record
-(`wires_from_batches`, records.wire_of), reading only the fields.
+back with the answer. Per event the loop keeps only a tuple of the event's fields (its row:
+records.FIELDS' values) beside that log; every 2 ms it serialises the rows since the last flush
+in one orjson call (records.rows_json) and writes them and the logs to the shipper's socket in
+one frame (`frame`). The shipper reads the rows back and writes each event's Kafka record
+(`wires_from_batches`, records.wire_of).
 
 A frame on the socket is a little-endian u32 length, then the body: a u32 count of parts,
-each part's u32 length, then the parts back to back; an event is two parts, its fields and its
-scoring log."""
+each part's u32 length, then the parts back to back: the rows (a JSON array of arrays), then
+each event's scoring log, in the rows' order."""
 from __future__ import annotations
 
 import logging
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from gateway.events.records import fields_json, wire_of
+import orjson
+
+from gateway.events.records import wire_of
 from gateway.events.spool import WireRecord
 from scorers.protocol import MAX_FRAME, scoring_log
 
@@ -29,25 +32,23 @@ if TYPE_CHECKING:
     from gateway.parallel.pool import Prediction
 
 LENGTH = struct.Struct("<I")
-PARTS_PER_EVENT = 2  # what `serialised` returns: the fields, the scoring log
 
 
-def serialised(fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> tuple[bytes, bytes]:
-    """One model's answer to `request` as the shipper reads it: the event's fields (records.FIELDS)
-    and the request's scoring log, as the worker wrote it (`Prediction.log`); the loop writes
-    the log itself only when the worker did not (a failed answer, or one it could not write).
-    Raises TypeError if the event cannot be serialised."""
+def log_of(request: InferRequest, prediction: Prediction | None) -> bytes:
+    """The scoring log of one model's answer to `request`, as the worker wrote it
+    (`Prediction.log`); the loop writes it itself only when the worker did not (a failed answer,
+    or one it could not write). Raises TypeError if the arrays cannot be JSON."""
     written = prediction.log if prediction is not None else None
     if written is None:
         written = scoring_log(request.inputs, prediction.outputs if prediction is not None else {})
-    return fields_json(fields), written
+    return written
 
 
-def frame(parts: list[bytes]) -> bytes:
-    """One frame of `serialised` events' parts, in order."""
-    lengths = [len(part) for part in parts]
+def frame(rows: bytes, logs: list[bytes]) -> bytes:
+    """One frame: the events' rows (records.rows_json) and their scoring logs, in the same order."""
+    lengths = [len(rows), *map(len, logs)]
     head = struct.pack(f"<I{len(lengths)}I", len(lengths), *lengths)
-    return b"".join((LENGTH.pack(len(head) + sum(lengths)), head, *parts))
+    return b"".join((LENGTH.pack(len(head) + sum(lengths)), head, rows, *logs))
 
 
 def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, int]:
@@ -65,14 +66,22 @@ def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, 
         (count,) = LENGTH.unpack_from(data, pos + LENGTH.size)
         lengths = struct.unpack_from(f"<{count}I", data, pos + 2 * LENGTH.size)
         at = pos + (2 + count) * LENGTH.size
-        for i in range(0, count - 1, PARTS_PER_EVENT):
-            fields_end = at + lengths[i]
-            log_end = fields_end + lengths[i + 1]
+        try:
+            rows = orjson.loads(data[at:at + lengths[0]])
+            if not isinstance(rows, list) or len(rows) != count - 1:
+                raise ValueError(f"{count - 1} scoring logs for {len(rows) if isinstance(rows, list) else 'no'} rows")
+        except ValueError:  # a gateway bug: none of the frame's events can be trusted
+            broken += count - 1
+            log.exception("a frame of scoring events could not be read; its %d events dropped", count - 1)
+            pos = end
+            continue
+        at += lengths[0]
+        for row, length in zip(rows, lengths[1:]):
             try:
-                wires.append(wire_of(data[at:fields_end], data[fields_end:log_end], topic))
+                wires.append(wire_of(row, data[at:at + length], topic))
             except Exception:  # a gateway bug, not a reason to lose the rest of the batch
                 broken += 1
                 log.exception("scoring event could not be made into a record; dropped")
-            at = log_end
+            at += length
         pos = end
     return wires, pos, broken

@@ -1,12 +1,14 @@
 """The scoring event record (schema version 1, documented in docs/events.md) and its Kafka
 form (`wire_of`): JSON value, request-id key, CloudEvents binary-mode headers.
 
-Three processes write a record's value, each its own part, so that none of them parses or
-re-writes another's: the worker that scored the request writes its inputs and outputs as V2
-tensors (scorers.protocol.scoring_log: `{"inputs":[...],"outputs":[...]}`); the gateway's
-loop writes the event's fields (`FIELDS`, a JSON object, gateway.events.handover); the event
-shipper reads the fields, adds the schema version, an event id and the ISO timestamp, and
-joins the three (`wire_of`). Tests and benchmarks build records from arrays (`scoring_event`).
+Three processes write a record's value, each its own part, so that none of them re-writes
+another's: the worker that scored the request writes its inputs and outputs as V2 tensors
+(scorers.protocol.scoring_log: `{"inputs":[...],"outputs":[...]}`); the gateway's loop hands
+over the event's fields as a tuple (`FIELDS`' values, in order), the events of each 2 ms flush
+serialised together in one orjson call (`rows_json`, gateway.events.handover); the event
+shipper writes each event's fields as JSON objects, adds the schema version, an event id and
+the ISO timestamp, and joins them with the scoring log (`wire_of`). Tests and benchmarks build
+records from arrays (`scoring_event`).
 """
 from __future__ import annotations
 
@@ -56,25 +58,27 @@ def _iso_utc(ts_ms: int) -> bytes:
     return b"%s%03dZ" % (_SECOND[1], ms)
 
 
-# What the gateway's loop writes of each record, in this order (the loop writes them as a dict
-# literal, gateway.service; the JSON Schema says what each means): `ts_ms` is when the model
-# answered, `action` what the caller was served ({"model_version", "outputs"}, or null). The
-# record has them in this order too, with `inputs` and `outputs` inserted before `action`. The
-# ones the shipper reads for the key and headers come first, up to `role` (`wire_of`).
+# What the gateway's loop hands over of each record, a tuple in this order (gateway.service; the
+# JSON Schema says what each means): `ts_ms` is when the model answered, `action` what the
+# caller was served ({"model_version", "outputs"}, or null). The record has them in this order
+# too, with `inputs` and `outputs` inserted before `action`, where the drift consumer's fast
+# path expects the tensors.
 FIELDS = ("ts_ms", "request_id", "gateway_instance", "model_name", "model_version", "role", "route", "arm", "reason",
           "served", "status", "error", "action", "latency_ms", "sample_rate")
 _FIELD_SET = frozenset(FIELDS)
+_ACTION_AT = FIELDS.index("action")
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+_BEFORE_ACTION, _FROM_ACTION = FIELDS[:_ACTION_AT], FIELDS[_ACTION_AT:]
 
 
-def event_fields(**values: Any) -> dict[str, Any]:
-    """An event's `FIELDS` in their order, from code off the request path (benchmarks, tools),
-    so that it takes the shipper's fast path as the loop's events do; the loop writes them as a
-    dict literal (gateway.service), whose order a test pins. Raises TypeError for a missing or
-    unknown name."""
+def event_row(**values: Any) -> tuple:
+    """An event's `FIELDS` values in their order, by name: for code off the request path
+    (benchmarks, tools, tests); the loop writes the tuple itself (gateway.service), whose order a
+    test pins. Raises TypeError for a missing or unknown name."""
     if values.keys() != _FIELD_SET:
         missing, unknown = sorted(_FIELD_SET - values.keys()), sorted(values.keys() - _FIELD_SET)
         raise TypeError(f"event fields: missing {missing}, unknown {unknown}")
-    return {name: values[name] for name in FIELDS}
+    return tuple(values[name] for name in FIELDS)
 
 
 def by_kind(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -86,41 +90,36 @@ def by_kind(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     return split
 
 
-def fields_json(fields: dict[str, Any]) -> bytes:
-    """The loop's part of a record: its `FIELDS` as a JSON object (the action's arrays as
-    nested lists). Raises TypeError for a value JSON cannot hold."""
-    return orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY, default=contiguous)
+def rows_json(rows: list[tuple]) -> bytes:
+    """The loop's part of a hand-over: its events' rows (`FIELDS` values) as one JSON array of
+    arrays, the action's arrays as nested lists; one orjson call for them all, not one per event.
+    Raises TypeError if any value cannot be JSON."""
+    return orjson.dumps(rows, option=_NUMPY, default=contiguous)
 
 
 def scoring_event(fields: dict[str, Any], arrays: dict[str, np.ndarray], topic: str = "scoring.events") -> WireRecord:
-    """The Kafka record of `fields` (`FIELDS`) and the model's arrays, named as `by_kind` takes
-    them: for code that holds them (tests, benchmarks); the gateway's parts go the same way."""
+    """The Kafka record of `fields` (`FIELDS` by name) and the model's arrays, named as `by_kind`
+    takes them: for code that holds them (tests, benchmarks); the gateway's parts go the same way."""
     split = by_kind(arrays)
-    return wire_of(fields_json(fields), scoring_log(split["inputs"], split["outputs"]), topic)
+    return wire_of(event_row(**fields), scoring_log(split["inputs"], split["outputs"]), topic)
 
 
 _VALUE_START = b'{"schema_version":%d,"event_id":"' % SCHEMA_VERSION
-_ACTION = b',"action":'
-_HEAD_END = "role"  # the first field after those the key and headers need (FIELDS)
-_HEAD = frozenset(FIELDS[:FIELDS.index(_HEAD_END)])
-_AFTER_HEAD = b',"%s":' % _HEAD_END.encode()
 
 
-def wire_of(written_fields: bytes, log: bytes, topic: str) -> WireRecord:
-    """The Kafka record of one event: the loop's `written_fields` (`fields_json`) and the worker's
-    scoring `log` joined into the value, unread but for the fields before `role`, which the key
-    and headers need (the rest, the action's arrays above all, cost more to parse than these).
-    The log goes before `action`, where the drift consumer's fast path expects the tensors. A
-    JSON string cannot hold `,"role":` or `,"action":` unescaped, so the first of each is the key."""
-    fields = orjson.loads(written_fields[:written_fields.index(_AFTER_HEAD)] + b"}")
-    if not _HEAD <= fields.keys():  # written in another order than FIELDS: slower, still right
-        fields = orjson.loads(written_fields)
-    cut = written_fields.index(_ACTION)
+def wire_of(row: list | tuple, log: bytes, topic: str) -> WireRecord:
+    """The Kafka record of one event: its `row` (`FIELDS` values, as the shipper reads them back
+    from `rows_json`) written as the record's fields, and the worker's scoring `log` inserted
+    unread before `action`. Raises ValueError for a row of another length."""
+    if len(row) != len(FIELDS):
+        raise ValueError(f"an event row has {len(row)} values, not the {len(FIELDS)} of records.FIELDS")
+    before = orjson.dumps(dict(zip(_BEFORE_ACTION, row)), option=_NUMPY, default=contiguous)
+    after = orjson.dumps(dict(zip(_FROM_ACTION, row[_ACTION_AT:])), option=_NUMPY, default=contiguous)
     event_id = new_id().encode()
-    timestamp = _iso_utc(fields["ts_ms"])
-    value = b"".join((_VALUE_START, event_id, b'","timestamp":"', timestamp, b'",', written_fields[1:cut], b",",
-                      log[1:-1], written_fields[cut:]))
-    return WireRecord(topic, fields["request_id"].encode(), value, _headers(event_id, timestamp, fields))
+    timestamp = _iso_utc(row[0])
+    value = b"".join((_VALUE_START, event_id, b'","timestamp":"', timestamp, b'",', before[1:-1], b",",
+                      log[1:-1], b",", after[1:]))
+    return WireRecord(topic, row[1].encode(), value, _headers(event_id, timestamp, row[2], row[3], row[4]))
 
 
 # CloudEvents headers that are the same for every record, or for every record of one
@@ -132,8 +131,8 @@ _SCHEMA = ("schema_version", str(SCHEMA_VERSION).encode())
 _SOURCE_HEADERS: dict[tuple[str, str, str], tuple[tuple[str, bytes], ...]] = {}
 
 
-def _headers(event_id: bytes, timestamp: bytes, fields: dict[str, Any]) -> list[tuple[str, bytes]]:
-    triple = (fields["gateway_instance"], fields["model_name"], fields["model_version"])
+def _headers(event_id: bytes, timestamp: bytes, instance: str, model: str, version: str) -> list[tuple[str, bytes]]:
+    triple = (instance, model, version)
     source = _SOURCE_HEADERS.get(triple)
     if source is None:
         if len(_SOURCE_HEADERS) > 10_000:

@@ -2,11 +2,12 @@
 
 Building records and producing them to Kafka (batches, partitions, confirmations, spool) costs
 more Python than the scoring they log, and the gateway's request loop is the process that
-saturates first; so the loop only writes each event's fields (one orjson call) beside the
-scoring log the worker wrote, and every 2 ms writes the events since the last flush to the
-shipper's socket (gateway.events.handover). The shipper joins them into records and runs the
-EventLogger: queue, Kafka producer, disk spool and replay. Its metrics come back to the gateway
-once a second (scorers.protocol frames) and are re-exported on the gateway's /metrics.
+saturates first; so the loop only keeps each event's fields as a tuple beside the scoring log
+the worker wrote, and every 2 ms serialises the events since the last flush in one orjson call
+and writes them to the shipper's socket (gateway.events.handover). The shipper makes them into
+records and runs the EventLogger: queue, Kafka producer, disk spool and replay. Its metrics
+come back to the gateway once a second (scorers.protocol frames) and are re-exported on the
+gateway's /metrics.
 
 If the gateway dies, the shipper reads to the end of its socket, delivers or spools what it
 has, and exits; a new shipper waits for the spool's lock, so two never write one spool.
@@ -30,7 +31,8 @@ from prometheus_client.metrics_core import Metric
 from gateway.parallel.cpus import pin_process
 from scorers.protocol import HEADER, encode
 
-from .handover import PARTS_PER_EVENT, frame, serialised, wires_from_batches
+from .handover import frame, log_of, wires_from_batches
+from .records import rows_json
 from .spool import DiskSpool, WireRecord
 
 if TYPE_CHECKING:
@@ -62,7 +64,8 @@ class EventShipper:
         self.max_buffer_bytes = max_buffer_bytes
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._outbox: list[bytes] = []
+        self._rows: list[tuple] = []  # the events since the last flush: records.FIELDS' values
+        self._logs: list[bytes] = []  # ... and each one's scoring log
         self._reader: asyncio.Task | None = None
         self._stopping = False
         self.lost = 0  # events that could not be handed over (shipper gone, buffer full)
@@ -95,28 +98,49 @@ class EventShipper:
         reader, self._writer = await asyncio.open_unix_connection(sock=parent)
         self._reader = asyncio.create_task(self._read(reader))
 
-    def log(self, fields: dict[str, Any], request: InferRequest, prediction: Prediction | None) -> None:
-        """Serialises the event's fields (records.FIELDS), kept beside the worker's scoring log
-        (handover.serialised); the events since the last flush reach the shipper together, every 2 ms."""
+    def log(self, row: tuple, request: InferRequest, prediction: Prediction | None) -> None:
+        """Keeps the event's row (records.FIELDS' values) and the worker's scoring log
+        (handover.log_of); the events since the last flush reach the shipper together, every 2 ms."""
         try:
-            parts = serialised(fields, request, prediction)
+            written = log_of(request, prediction)
         except TypeError:  # one event that cannot be serialised must not take others with it
-            self.lost += 1
-            log.exception("scoring event not serialisable; dropped and counted as unshipped")
+            self._unserialisable(1)
             return
-        if not self._outbox:
+        if not self._rows:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
-        self._outbox += parts
+        self._rows.append(row)
+        self._logs.append(written)
 
     def _flush(self) -> None:
-        pending, self._outbox = self._outbox, []
-        if not pending:
+        rows, logs = self._rows, self._logs
+        if not rows:
             return  # already flushed (stop() flushes at once)
+        self._rows, self._logs = [], []
         writer = self._writer
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > self.max_buffer_bytes:
-            self.lost += len(pending) // PARTS_PER_EVENT  # the shipper is gone or not reading: never block, never grow without bound
+            self.lost += len(rows)  # the shipper is gone or not reading: never block, never grow without bound
             return
-        writer.write(frame(pending))
+        try:
+            written = rows_json(rows)
+        except TypeError:  # a bug somewhere: find the events that cannot be JSON, send the others
+            kept = [i for i, row in enumerate(rows) if self._serialisable(row)]
+            self._unserialisable(len(rows) - len(kept))
+            if not kept:
+                return
+            written, logs = rows_json([rows[i] for i in kept]), [logs[i] for i in kept]
+        writer.write(frame(written, logs))
+
+    @staticmethod
+    def _serialisable(row: tuple) -> bool:
+        try:
+            rows_json([row])
+        except TypeError:
+            return False
+        return True
+
+    def _unserialisable(self, count: int) -> None:
+        self.lost += count
+        log.error("%d scoring event(s) not serialisable; dropped and counted as unshipped", count)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
