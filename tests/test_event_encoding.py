@@ -182,8 +182,9 @@ def test_an_event_the_shipper_cannot_build_is_dropped_alone_and_reported():
     assert (len(wires), broken, used) == (2, 1, len(data))
     # rows and logs that do not pair up: the frame's events are dropped, the next frame's are not
     unpaired = frame(rows_json([good[0]]), [good[1], good[1]])
-    wires, used, broken = wires_from_batches(unpaired + data, "scoring.events")
-    assert (len(wires), broken, used) == (2, 3, len(unpaired) + len(data))
+    empty = b"\x04\x00\x00\x00" + b"\x00\x00\x00\x00"  # a frame of no parts at all
+    wires, used, broken = wires_from_batches(unpaired + empty + data, "scoring.events")
+    assert (len(wires), broken, used) == (2, 3, len(unpaired) + len(empty) + len(data))
 
 
 def test_split_frames_copies_unless_told_not_to():

@@ -70,9 +70,9 @@ def wires_from_batches(data: bytes, topic: str) -> tuple[list[WireRecord], int, 
             rows = orjson.loads(data[at:at + lengths[0]])
             if not isinstance(rows, list) or len(rows) != count - 1:
                 raise ValueError(f"{count - 1} scoring logs for {len(rows) if isinstance(rows, list) else 'no'} rows")
-        except ValueError:  # a gateway bug: none of the frame's events can be trusted
-            broken += count - 1
-            log.exception("a frame of scoring events could not be read; its %d events dropped", count - 1)
+        except (ValueError, IndexError):  # a gateway bug (or no parts): none of the frame's events can be trusted
+            broken += max(count - 1, 0)
+            log.exception("a frame of scoring events could not be read; its %d events dropped", max(count - 1, 0))
             pos = end
             continue
         at += lengths[0]

@@ -104,7 +104,7 @@ class EventShipper:
         try:
             written = log_of(request, prediction)
         except TypeError:  # one event that cannot be serialised must not take others with it
-            self._unserialisable(1)
+            self._drop_unserialisable(1)
             return
         if not self._rows:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self._flush)
@@ -124,7 +124,7 @@ class EventShipper:
             written = rows_json(rows)
         except TypeError:  # a bug somewhere: find the events that cannot be JSON, send the others
             kept = [i for i, row in enumerate(rows) if self._serialisable(row)]
-            self._unserialisable(len(rows) - len(kept))
+            self._drop_unserialisable(len(rows) - len(kept))
             if not kept:
                 return
             written, logs = rows_json([rows[i] for i in kept]), [logs[i] for i in kept]
@@ -138,9 +138,10 @@ class EventShipper:
             return False
         return True
 
-    def _unserialisable(self, count: int) -> None:
+    def _drop_unserialisable(self, count: int) -> None:
+        """Counts events dropped for a value JSON cannot hold; called while handling the TypeError."""
         self.lost += count
-        log.error("%d scoring event(s) not serialisable; dropped and counted as unshipped", count)
+        log.exception("%d scoring event(s) not serialisable; dropped and counted as unshipped", count)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
